@@ -1,0 +1,488 @@
+//! `bpfiptd`: the resident part of bpfipt in one network namespace.
+//!
+//! It owns the namespace's emulated tables (`kernel::Netns`), commits them to the `store`
+//! before answering, and serves the shims of every iptables process in the namespace over the
+//! abstract socket `@bpfiptd.v1`. Requests are handled one at a time under one lock, so two
+//! commits never interleave.
+//!
+//! Lifetime: started on demand by the first shim (`--spawned`), or by systemd for the host
+//! namespace. A process inside a namespace keeps that namespace alive, so a daemon in any
+//! namespace but the host's exits once nothing else holds the namespace (no other process in
+//! it, no bind mount such as `ip netns add` makes, no open namespace file): `ip netns del`
+//! and the end of an `unshare -n` then destroy the namespace as they would without bpfipt.
+
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bpfipt_proto::{read_frame, write_frame, Op, Reply, Request, DAEMON_SOCKET, PROTOCOL_VERSION};
+
+use crate::abi::{self, Family};
+use crate::ext;
+use crate::kernel::Netns;
+use crate::log;
+use crate::oracle::Scratch;
+use crate::store::Store;
+
+/// Everything the daemon owns, behind one lock.
+pub struct State {
+    pub ns: Netns,
+    pub store: Store,
+    scratch: Option<Scratch>,
+    pub started: Instant,
+    pub commits: u64,
+}
+
+pub struct Daemon {
+    state: Mutex<State>,
+    stop: AtomicBool,
+}
+
+/// Binds the daemon socket of the current namespace. `Ok(None)` if another daemon has it.
+pub fn bind() -> io::Result<Option<UnixListener>> {
+    let addr = SocketAddr::from_abstract_name(DAEMON_SOCKET)?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Daemon {
+    /// Recovers the namespace's tables from the store (or creates the store).
+    pub fn recover() -> io::Result<Daemon> {
+        let store = Store::open_or_create()
+            .map_err(|e| io::Error::new(e.kind(), format!("opening the table store: {e}")))?;
+        let (ns, problems) = store.load()?;
+        for p in problems {
+            log::error(&p);
+        }
+        Ok(Daemon {
+            state: Mutex::new(State {
+                ns,
+                store,
+                scratch: None,
+                started: Instant::now(),
+                commits: 0,
+            }),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves connections until told to stop or orphaned.
+    pub fn serve(self: Arc<Self>, listener: UnixListener) -> io::Result<()> {
+        {
+            let me = self.clone();
+            std::thread::spawn(move || me.watch_namespace());
+        }
+        for conn in listener.incoming() {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match conn {
+                Ok(s) => {
+                    let me = self.clone();
+                    std::thread::spawn(move || {
+                        if let Err(e) = me.connection(s) {
+                            if e.kind() != io::ErrorKind::UnexpectedEof
+                                && e.kind() != io::ErrorKind::BrokenPipe
+                            {
+                                log::warn(&format!("client connection: {e}"));
+                            }
+                        }
+                    });
+                }
+                Err(e) => log::warn(&format!("accept: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        if let Ok(addr) = SocketAddr::from_abstract_name(DAEMON_SOCKET) {
+            let _ = UnixStream::connect_addr(&addr);
+        }
+    }
+
+    fn connection(&self, mut s: UnixStream) -> io::Result<()> {
+        let privileged = peer_privileged(&s);
+        let Some(first) = read_frame(&mut s)? else {
+            return Ok(());
+        };
+        let hello = Request::decode(&first)?;
+        let version = hello
+            .data
+            .get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+        if hello.op != Op::Hello || version != Some(PROTOCOL_VERSION) {
+            let msg =
+                format!("protocol version {version:?}, this bpfiptd speaks {PROTOCOL_VERSION}");
+            write_frame(
+                &mut s,
+                &Reply {
+                    errno: libc::EPROTO,
+                    data: msg.into_bytes(),
+                }
+                .encode(),
+            )?;
+            return Ok(());
+        }
+        write_frame(&mut s, &Reply::ok(Vec::new()).encode())?;
+        while let Some(body) = read_frame(&mut s)? {
+            let req = Request::decode(&body)?;
+            let reply = if !privileged && req.op != Op::TableNames && req.op != Op::Control {
+                Reply::err(libc::EPERM)
+            } else {
+                self.handle(&req)
+            };
+            write_frame(&mut s, &reply.encode())?;
+            if self.stop.load(Ordering::SeqCst) {
+                self.request_stop();
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, req: &Request) -> Reply {
+        if req.op == Op::Control {
+            return self.control(&String::from_utf8_lossy(&req.data));
+        }
+        let Some(f) = Family::from_af(req.family as i32) else {
+            return Reply::err(libc::EAFNOSUPPORT);
+        };
+        let mut st = self.lock();
+        let st = &mut *st;
+        match req.op {
+            Op::TableNames => Reply::ok(st.ns.table_names(f).into_bytes()),
+            Op::GetInfo => match st.ns.get_info(f, &req.data) {
+                Ok((info, created)) => {
+                    if created {
+                        let name = abi::c_str(&info[..abi::TABLE_MAXNAMELEN]).to_vec();
+                        note_instantiated(st, f, &name);
+                    }
+                    Reply::ok(info)
+                }
+                Err(e) => Reply::err(e),
+            },
+            Op::GetEntries => {
+                match st
+                    .ns
+                    .get_entries(f, &req.data, req.optlen as usize, &ext::usersize)
+                {
+                    Ok((blob, created)) => {
+                        if created {
+                            let name = abi::c_str(&req.data[..abi::TABLE_MAXNAMELEN]).to_vec();
+                            note_instantiated(st, f, &name);
+                        }
+                        Reply::ok(blob)
+                    }
+                    Err(e) => Reply::err(e),
+                }
+            }
+            Op::SetReplace => self.replace(st, f, req),
+            Op::AddCounters => match st.ns.prepare_add_counters(f, &req.data) {
+                Ok(t) => match st.store.commit_counters(&t) {
+                    Ok(()) => {
+                        st.ns.install(t);
+                        Reply::ok(Vec::new())
+                    }
+                    Err(e) => {
+                        log::error(&format!("storing counters of {f} table {}: {e}", t.name));
+                        Reply::err(libc::ENOMEM)
+                    }
+                },
+                Err(e) => Reply::err(e),
+            },
+            Op::Hello | Op::Control => Reply::err(libc::EINVAL),
+        }
+    }
+
+    fn replace(&self, st: &mut State, f: Family, req: &Request) -> Reply {
+        let r = match st.ns.prepare_replace(f, &req.data, &ext::Registry) {
+            Ok(r) => r,
+            Err(e) => return Reply::err(e),
+        };
+        if r.needs_kernel_check {
+            if st.scratch.is_none() {
+                match Scratch::new() {
+                    Ok(s) => st.scratch = Some(s),
+                    Err(e) => log::warn(&format!("no scratch namespace for kernel checks ({e}); extensions not modeled by bpfipt are accepted unchecked")),
+                }
+            }
+            if let Some(s) = &st.scratch {
+                let hdr = abi::ReplaceHdr::parse(&req.data).expect("parsed before");
+                match s.check_replace(f, &hdr, &req.data[abi::REPLACE_HDR..]) {
+                    Ok(()) => {}
+                    // The kernel has no ip_tables at all: nothing to ask.
+                    Err(libc::ENOPROTOOPT) => {}
+                    Err(e) => return Reply::err(e),
+                }
+            }
+        }
+        if let Err(e) = st.store.commit_table(&r.table) {
+            log::error(&format!(
+                "storing {f} table {}: {e}; the table is unchanged",
+                r.table.name
+            ));
+            return Reply::err(libc::ENOMEM);
+        }
+        st.ns.install(r.table);
+        st.commits += 1;
+        Reply::ok(abi::emit_counters(&r.old_counters))
+    }
+
+    fn control(&self, cmd: &str) -> Reply {
+        match cmd.trim() {
+            "stop" => {
+                self.stop.store(true, Ordering::SeqCst);
+                Reply::ok(b"stopping\n".to_vec())
+            }
+            "status" => Reply::ok(self.status().into_bytes()),
+            other => Reply {
+                errno: libc::EINVAL,
+                data: format!("unknown control command {other:?}\n").into_bytes(),
+            },
+        }
+    }
+
+    fn status(&self) -> String {
+        let st = self.lock();
+        let mut s = String::new();
+        s.push_str(&format!(
+            "namespace: {}\n",
+            netns_id().map(|i| format!("net:[{i}]")).unwrap_or_default()
+        ));
+        s.push_str(&format!(
+            "daemon: pid {} up {}s, {} commits, store generation {}\n",
+            std::process::id(),
+            st.started.elapsed().as_secs(),
+            st.commits,
+            st.store.generation()
+        ));
+        s.push_str("datapath: none (rules are stored, not enforced)\n");
+        for f in [Family::V4, Family::V6] {
+            for name in st.ns.family(f).order.iter() {
+                let t = &st.ns.family(f).tables[name];
+                s.push_str(&format!(
+                    "{f} {name}: {} entries, {} bytes\n",
+                    t.number,
+                    t.size()
+                ));
+            }
+        }
+        s
+    }
+
+    /// Exits the process once nothing but us holds the namespace.
+    fn watch_namespace(&self) {
+        let Some(me) = netns_id() else { return };
+        if Some(me) == init_netns_id() {
+            return;
+        }
+        let mut idle = 0;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if netns_held_by_others(me) {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if idle >= 2 {
+                // Hold the lock so no commit is cut in half.
+                let _st = self.lock();
+                log::info("namespace is no longer used by anything else; exiting");
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+fn note_instantiated(st: &mut State, f: Family, name: &[u8]) {
+    let name = String::from_utf8_lossy(name).into_owned();
+    if let Err(e) = st.store.note_instantiated(f, &name) {
+        log::warn(&format!("storing that {f} table {name} exists: {e}"));
+    }
+}
+
+/// Whether the peer may change tables: root, or CAP_NET_ADMIN in its effective set.
+fn peer_privileged(s: &UnixStream) -> bool {
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return false;
+    }
+    if cred.uid == 0 {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{}/status", cred.pid))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|c| c & (1 << 12) != 0)
+}
+
+/// Inode of the current network namespace.
+pub fn netns_id() -> Option<u64> {
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+fn init_netns_id() -> Option<u64> {
+    std::fs::metadata("/proc/1/ns/net")
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+/// Whether anything besides this process keeps the namespace `ino` alive: another process in
+/// it, a bind mount of it, or another process's open file of it.
+pub fn netns_held_by_others(ino: u64) -> bool {
+    let me = std::process::id().to_string();
+    let tag = format!("net:[{ino}]");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    let pids: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && *n != me)
+        .collect();
+    for p in &pids {
+        if let Ok(m) = std::fs::metadata(format!("/proc/{p}/ns/net")) {
+            if std::os::unix::fs::MetadataExt::ino(&m) == ino {
+                return true;
+            }
+        }
+    }
+    for f in ["/proc/self/mountinfo", "/proc/1/mountinfo"] {
+        if let Ok(s) = std::fs::read_to_string(f) {
+            if s.lines().any(|l| l.contains(&tag)) {
+                return true;
+            }
+        }
+    }
+    for p in &pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(|e| e.ok()) {
+            if let Ok(t) = std::fs::read_link(fd.path()) {
+                if t.as_os_str().as_encoded_bytes() == tag.as_bytes() {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Entry point of `bpfiptd`. With `spawned`, the socket is bound first, then the process forks
+/// into the background and the parent exits (the shim waits for that exit).
+pub fn main(spawned: bool) -> i32 {
+    if spawned {
+        // Nothing inherited from the iptables process may stay open (the xtables lock).
+        // SAFETY: closes descriptors we do not use.
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    }
+    log::open("bpfiptd");
+    let listener = match bind() {
+        Ok(Some(l)) => l,
+        Ok(None) => return 0,
+        Err(e) => {
+            log::error(&format!(
+                "cannot bind @{}: {e}",
+                String::from_utf8_lossy(DAEMON_SOCKET)
+            ));
+            return 1;
+        }
+    };
+    if spawned {
+        // SAFETY: single-threaded here; the child continues with the bound socket.
+        match unsafe { libc::fork() } {
+            -1 => {
+                log::error(&format!("fork: {}", io::Error::last_os_error()));
+                return 1;
+            }
+            0 => {
+                unsafe { libc::setsid() };
+            }
+            _ => return 0,
+        }
+    }
+    let daemon = match Daemon::recover() {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            log::error(&format!("cannot start: {e}"));
+            return 1;
+        }
+    };
+    log::info(&format!(
+        "serving namespace net:[{}]",
+        netns_id().unwrap_or(0)
+    ));
+    match daemon.clone().serve(listener) {
+        Ok(()) => {
+            // Let a commit in progress finish before the process ends.
+            let _st = daemon.lock();
+            log::info("stopped");
+            0
+        }
+        Err(e) => {
+            log::error(&format!("serving: {e}"));
+            1
+        }
+    }
+}
+
+/// Sends a control command to the daemon of the current namespace (no spawning).
+pub fn control(cmd: &str) -> io::Result<String> {
+    let mut s = bpfipt_proto::locate::connect_existing()?;
+    let hello = Request {
+        op: Op::Hello,
+        family: 0,
+        optlen: 0,
+        data: bpfipt_proto::hello_payload(),
+    };
+    bpfipt_proto::call(&mut s, &hello)?;
+    let r = bpfipt_proto::call(
+        &mut s,
+        &Request {
+            op: Op::Control,
+            family: 0,
+            optlen: 0,
+            data: cmd.as_bytes().to_vec(),
+        },
+    )?;
+    let _ = s.flush();
+    if r.errno != 0 {
+        return Err(io::Error::other(
+            String::from_utf8_lossy(&r.data).into_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&r.data).into_owned())
+}

@@ -1,0 +1,16 @@
+//! bpfipt: iptables rules from unmodified iptables binaries, enforced by eBPF.
+//!
+//! The path of a rule through this crate is its architecture:
+//! `abi` (kernel structures) -> `check` (kernel-equivalent validation) -> `kernel` (the
+//! emulated tables of a namespace) -> `store` (persistence in the namespace's own BPF maps);
+//! `daemon` serves the shims; `oracle` is the kernel itself, for checks and tests.
+
+pub mod abi;
+pub mod check;
+pub mod daemon;
+pub mod ext;
+pub mod kernel;
+pub mod log;
+pub mod oracle;
+pub mod store;
+pub mod sys;

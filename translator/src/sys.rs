@@ -1,0 +1,243 @@
+//! The one place that makes `bpf(2)` system calls for the store and the attachment of
+//! programs (maps, program load, TCX attach/query, bind-map). Loading the datapath's ELF
+//! objects is aya's job (`apply`); this covers what aya 0.14 does not: TCX attachment without
+//! a link (it survives the process), `BPF_PROG_BIND_MAP`, and finding objects by id.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+// enum bpf_cmd
+const BPF_MAP_CREATE: u32 = 0;
+const BPF_MAP_LOOKUP_ELEM: u32 = 1;
+const BPF_MAP_UPDATE_ELEM: u32 = 2;
+const BPF_MAP_DELETE_ELEM: u32 = 3;
+const BPF_PROG_LOAD: u32 = 5;
+const BPF_PROG_ATTACH: u32 = 8;
+const BPF_PROG_DETACH: u32 = 9;
+const BPF_PROG_QUERY: u32 = 16;
+const BPF_PROG_GET_FD_BY_ID: u32 = 13;
+const BPF_MAP_GET_FD_BY_ID: u32 = 14;
+const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+const BPF_PROG_BIND_MAP: u32 = 35;
+
+// enum bpf_map_type
+pub const BPF_MAP_TYPE_HASH: u32 = 1;
+pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
+// enum bpf_prog_type
+pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+// enum bpf_attach_type: TCX arrived in Linux 6.6 (e420bed02507).
+pub const BPF_TCX_INGRESS: u32 = 46;
+pub const BPF_TCX_EGRESS: u32 = 47;
+
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+pub const BPF_ANY: u64 = 0;
+/// `BPF_F_REPLACE` for attach: replace the program given in `replace_bpf_fd`.
+pub const BPF_F_REPLACE: u32 = 1 << 2;
+
+/// `union bpf_attr` is at most a few hundred bytes; 256 covers every command used here, and
+/// the kernel accepts a larger zero-filled tail.
+#[repr(C, align(8))]
+struct Attr([u8; 256]);
+
+impl Attr {
+    fn new() -> Attr {
+        Attr([0; 256])
+    }
+    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.0[off..off + 4].try_into().unwrap())
+    }
+    fn name(&mut self, off: usize, name: &str) -> &mut Self {
+        let n = name.len().min(15);
+        self.0[off..off + n].copy_from_slice(&name.as_bytes()[..n]);
+        self
+    }
+}
+
+fn bpf(cmd: u32, attr: &mut Attr) -> io::Result<i64> {
+    // SAFETY: attr is a valid, sufficiently large bpf_attr buffer.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn fd_result(r: i64) -> OwnedFd {
+    // SAFETY: the kernel returned a new file descriptor that we own.
+    unsafe { OwnedFd::from_raw_fd(r as RawFd) }
+}
+
+pub fn map_create(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, map_type)
+        .u32(4, key_size)
+        .u32(8, value_size)
+        .u32(12, max_entries)
+        .u32(16, flags)
+        .name(28, name);
+    bpf(BPF_MAP_CREATE, &mut a).map(fd_result)
+}
+
+pub fn map_update(map: &impl AsRawFd, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.u32(0, map.as_raw_fd() as u32)
+        .u64(8, key.as_ptr() as u64)
+        .u64(16, value.as_ptr() as u64)
+        .u64(24, flags);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(|_| ())
+}
+
+/// Looks `key` up into `value` (which must be the map's value size). `Ok(false)` if absent.
+pub fn map_lookup(map: &impl AsRawFd, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    let mut a = Attr::new();
+    a.u32(0, map.as_raw_fd() as u32)
+        .u64(8, key.as_ptr() as u64)
+        .u64(16, value.as_mut_ptr() as u64);
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn map_delete(map: &impl AsRawFd, key: &[u8]) -> io::Result<bool> {
+    let mut a = Attr::new();
+    a.u32(0, map.as_raw_fd() as u32).u64(8, key.as_ptr() as u64);
+    match bpf(BPF_MAP_DELETE_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads a program from raw instructions (8 bytes each).
+pub fn prog_load(prog_type: u32, insns: &[u64], name: &str) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut a = Attr::new();
+    a.u32(0, prog_type)
+        .u32(4, insns.len() as u32)
+        .u64(8, insns.as_ptr() as u64)
+        .u64(16, license.as_ptr() as u64)
+        .name(48, name);
+    bpf(BPF_PROG_LOAD, &mut a).map(fd_result)
+}
+
+/// `BPF_PROG_BIND_MAP`: keeps `map` alive as long as `prog` (Linux 5.10, ef15314aa5de).
+pub fn prog_bind_map(prog: &impl AsRawFd, map: &impl AsRawFd) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.u32(0, prog.as_raw_fd() as u32)
+        .u32(4, map.as_raw_fd() as u32);
+    bpf(BPF_PROG_BIND_MAP, &mut a).map(|_| ())
+}
+
+/// Attaches `prog` at TCX `attach_type` of `ifindex` without a link: the attachment belongs
+/// to the interface and outlives every process. With `replace`, that program is swapped out
+/// atomically.
+pub fn tcx_attach(
+    ifindex: u32,
+    attach_type: u32,
+    prog: &impl AsRawFd,
+    replace: Option<&OwnedFd>,
+) -> io::Result<()> {
+    let mut a = Attr::new();
+    // target_ifindex, attach_bpf_fd, attach_type, attach_flags, replace_bpf_fd
+    a.u32(0, ifindex)
+        .u32(4, prog.as_raw_fd() as u32)
+        .u32(8, attach_type);
+    if let Some(r) = replace {
+        a.u32(12, BPF_F_REPLACE).u32(16, r.as_raw_fd() as u32);
+    }
+    bpf(BPF_PROG_ATTACH, &mut a).map(|_| ())
+}
+
+pub fn tcx_detach(ifindex: u32, attach_type: u32, prog: &impl AsRawFd) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.u32(0, ifindex)
+        .u32(4, prog.as_raw_fd() as u32)
+        .u32(8, attach_type);
+    bpf(BPF_PROG_DETACH, &mut a).map(|_| ())
+}
+
+/// Program ids attached at TCX `attach_type` of `ifindex`, in order.
+pub fn tcx_query(ifindex: u32, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    let mut a = Attr::new();
+    // query: target_ifindex, attach_type, query_flags, attach_flags, prog_ids, prog_cnt
+    a.u32(0, ifindex)
+        .u32(4, attach_type)
+        .u64(16, ids.as_mut_ptr() as u64)
+        .u32(24, ids.len() as u32);
+    bpf(BPF_PROG_QUERY, &mut a)?;
+    let n = a.get_u32(24) as usize;
+    ids.truncate(n.min(64));
+    Ok(ids)
+}
+
+pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, id);
+    bpf(BPF_PROG_GET_FD_BY_ID, &mut a).map(fd_result)
+}
+
+pub fn map_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, id);
+    bpf(BPF_MAP_GET_FD_BY_ID, &mut a).map(fd_result)
+}
+
+/// Name and map ids of a program.
+pub fn prog_info(prog: &impl AsRawFd) -> io::Result<(String, Vec<u32>)> {
+    // struct bpf_prog_info: nr_map_ids at 52, map_ids at 56, name[16] at 64.
+    let mut info = [0u8; 256];
+    let mut map_ids = vec![0u32; 64];
+    info[52..56].copy_from_slice(&(map_ids.len() as u32).to_ne_bytes());
+    info[56..64].copy_from_slice(&(map_ids.as_mut_ptr() as u64).to_ne_bytes());
+    let mut a = Attr::new();
+    a.u32(0, prog.as_raw_fd() as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let n = u32::from_ne_bytes(info[52..56].try_into().unwrap()) as usize;
+    map_ids.truncate(n.min(64));
+    let name = String::from_utf8_lossy(crate::abi::c_str(&info[64..80])).into_owned();
+    Ok((name, map_ids))
+}
+
+/// Name of a map.
+pub fn map_name(map: &impl AsRawFd) -> io::Result<String> {
+    // struct bpf_map_info: name[16] at 24.
+    let mut info = [0u8; 128];
+    let mut a = Attr::new();
+    a.u32(0, map.as_raw_fd() as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(String::from_utf8_lossy(crate::abi::c_str(&info[24..40])).into_owned())
+}
+
+/// Index of the loopback interface (always 1 in a namespace, but ask).
+pub fn loopback_ifindex() -> u32 {
+    // SAFETY: if_nametoindex reads a NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    if i == 0 {
+        1
+    } else {
+        i
+    }
+}
