@@ -49,7 +49,7 @@ pub fn read(src: *const c_void, len: usize) -> Result<Vec<u8>, i32> {
 
 /// Writes `data` to `dst` of this process.
 pub fn write(dst: *mut c_void, data: &[u8]) -> Result<(), i32> {
-    write_ranges(dst, data, &[0..data.len()])
+    write_ranges(dst, data, std::slice::from_ref(&(0..data.len())))
 }
 
 /// Writes the given ranges of `data` to the same offsets from `dst`.
