@@ -23,7 +23,7 @@ fn lookup(cache: &AtomicUsize, name: &std::ffi::CStr) -> usize {
 }
 
 macro_rules! real_fn {
-    ($name:ident, $sym:literal, fn($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($name:ident, $sym:literal, fn($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
         pub fn $name($($arg: $ty),*) -> $ret {
             static CACHE: AtomicUsize = AtomicUsize::new(0);
             let f = lookup(&CACHE, $sym);
