@@ -358,7 +358,12 @@ fn emulate_set(
     0
 }
 
-fn table_names_file(family: c_int) -> Option<*mut libc::FILE> {
+fn table_names_file(path: *const c_char, family: c_int) -> Option<*mut libc::FILE> {
+    // The kernel's file is readable by root only: an unprivileged caller gets its EACCES.
+    // SAFETY: access() reads a NUL-terminated path.
+    if unsafe { libc::access(path, libc::R_OK) } != 0 {
+        return None;
+    }
     let req = Request {
         op: Op::TableNames,
         family: family as u8,
@@ -502,7 +507,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
     if !in_shim() {
         if let Some(fam) = names_family(path) {
-            if let Some(f) = guarded(None, || table_names_file(fam)) {
+            if let Some(f) = guarded(None, || table_names_file(path, fam)) {
                 return f;
             }
         }
@@ -516,7 +521,7 @@ pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut
 pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
     if !in_shim() {
         if let Some(fam) = names_family(path) {
-            if let Some(f) = guarded(None, || table_names_file(fam)) {
+            if let Some(f) = guarded(None, || table_names_file(path, fam)) {
                 return f;
             }
         }
