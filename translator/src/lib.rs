@@ -9,6 +9,7 @@ pub mod abi;
 pub mod check;
 pub mod daemon;
 pub mod ext;
+pub mod ir;
 pub mod kernel;
 pub mod log;
 pub mod oracle;
