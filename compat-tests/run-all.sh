@@ -1,0 +1,49 @@
+#!/bin/bash
+# Runs every test of bpfipt, as root: unit and BPF tests (cargo test), the CLI differential
+# test against the kernel, the control-plane robustness tests, and the upstream iptables
+# suites (with the kernel's own result measured in the same run as the bar to reach).
+# Exit status 0 only if everything passed.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+cd "$root"
+failed=()
+step() {
+    local name="$1"; shift
+    echo
+    echo "=== $name"
+    if "$@"; then echo "=== $name: ok"; else echo "=== $name: FAILED"; failed+=("$name"); fi
+}
+
+step "build" cargo build --release --workspace
+step "cargo test" cargo test --release --workspace
+step "cli-diff" "$here/cli-diff.sh"
+step "daemon" "$here/daemon.sh"
+
+upstream() {
+    local k s
+    k=$("$here/upstream.sh" --kernel) || return 1
+    s=$("$here/upstream.sh") || return 1
+    echo "kernel:  $(echo "$k" | tr '\n' ' ')"
+    echo "bpfipt:  $(echo "$s" | tr '\n' ' ')"
+    local kp sp kt st
+    for suite in iptables-test shell; do
+        kp=$(echo "$k" | sed -n "s/^$suite: \([0-9]*\) passed of \([0-9]*\)/\1/p")
+        sp=$(echo "$s" | sed -n "s/^$suite: \([0-9]*\) passed of \([0-9]*\)/\1/p")
+        kt=$(echo "$k" | sed -n "s/^$suite: \([0-9]*\) passed of \([0-9]*\)/\2/p")
+        st=$(echo "$s" | sed -n "s/^$suite: \([0-9]*\) passed of \([0-9]*\)/\2/p")
+        if [ -z "$sp" ] || [ "$sp" -lt "$kp" ] || [ "$st" != "$kt" ]; then
+            echo "$suite: bpfipt $sp of $st is below the kernel's $kp of $kt"
+            return 1
+        fi
+    done
+}
+step "upstream suites" upstream
+
+echo
+if [ ${#failed[@]} -eq 0 ]; then
+    echo "all tests passed"
+else
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi
