@@ -12,6 +12,7 @@ pub mod ext;
 pub mod ir;
 pub mod kernel;
 pub mod log;
+pub mod netlink;
 pub mod oracle;
 pub mod store;
 pub mod sys;
