@@ -6,6 +6,7 @@
 //! `daemon` serves the shims; `oracle` is the kernel itself, for checks and tests.
 
 pub mod abi;
+pub mod attach;
 pub mod check;
 pub mod daemon;
 pub mod ext;

@@ -219,6 +219,18 @@ pub fn prog_info(prog: &impl AsRawFd) -> io::Result<(String, Vec<u32>)> {
     Ok((name, map_ids))
 }
 
+/// Id of a program.
+pub fn prog_id(prog: &impl AsRawFd) -> io::Result<u32> {
+    // struct bpf_prog_info: id at 4.
+    let mut info = [0u8; 256];
+    let mut a = Attr::new();
+    a.u32(0, prog.as_raw_fd() as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(u32::from_ne_bytes(info[4..8].try_into().unwrap()))
+}
+
 /// Name of a map.
 pub fn map_name(map: &impl AsRawFd) -> io::Result<String> {
     // struct bpf_map_info: name[16] at 24.
