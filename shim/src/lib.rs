@@ -255,12 +255,24 @@ fn emulate_get(
     let written = match op {
         Op::GetInfo => mem::write(optval, &reply.data[..reply.data.len().min(len)]),
         _ => {
+            // The kernel leaves the bytes of each extension name after its NUL as the caller's
+            // buffer had them: read the buffer, keep those bytes, write everything at once.
             let base = optval
                 .cast::<u8>()
                 .wrapping_add(kabi::GET_ENTRIES_HDR)
                 .cast::<c_void>();
-            let ranges = kabi::kernel_written_ranges(family, &reply.data);
-            mem::write_ranges(base, &reply.data, &ranges)
+            let mut data = reply.data;
+            match mem::read(base, data.len()) {
+                Ok(old) => {
+                    let mut prev = 0;
+                    for r in kabi::kernel_written_ranges(family, &data) {
+                        data[prev..r.start].copy_from_slice(&old[prev..r.start]);
+                        prev = r.end;
+                    }
+                    mem::write(base, &data)
+                }
+                Err(e) => Err(e),
+            }
         }
     };
     match written {

@@ -53,7 +53,7 @@ pub fn write(dst: *mut c_void, data: &[u8]) -> Result<(), i32> {
 }
 
 /// Writes the given ranges of `data` to the same offsets from `dst`.
-pub fn write_ranges(dst: *mut c_void, data: &[u8], ranges: &[Range<usize>]) -> Result<(), i32> {
+fn write_ranges(dst: *mut c_void, data: &[u8], ranges: &[Range<usize>]) -> Result<(), i32> {
     if data.is_empty() {
         return Ok(());
     }

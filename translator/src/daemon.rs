@@ -210,6 +210,7 @@ impl Daemon {
     }
 
     fn replace(&self, st: &mut State, f: Family, req: &Request) -> Reply {
+        let t0 = Instant::now();
         let r = match st.ns.prepare_replace(f, &req.data, &ext::Registry) {
             Ok(r) => r,
             Err(e) => return Reply::err(e),
@@ -231,6 +232,7 @@ impl Daemon {
                 }
             }
         }
+        let t1 = Instant::now();
         if let Err(e) = st.store.commit_table(&r.table) {
             log::error(&format!(
                 "storing {f} table {}: {e}; the table is unchanged",
@@ -238,6 +240,14 @@ impl Daemon {
             ));
             return Reply::err(libc::ENOMEM);
         }
+        let t2 = Instant::now();
+        log::debug(&format!(
+            "replace {f} {}: {} entries, validate {:?}, store {:?}",
+            r.table.name,
+            r.table.number,
+            t1 - t0,
+            t2 - t1
+        ));
         st.ns.install(r.table);
         st.commits += 1;
         Reply::ok(abi::emit_counters(&r.old_counters))
@@ -272,6 +282,13 @@ impl Daemon {
             st.store.generation()
         ));
         s.push_str("datapath: none (rules are stored, not enforced)\n");
+        let recent = log::recent();
+        if !recent.is_empty() {
+            s.push_str("recent events:\n");
+            for l in recent {
+                s.push_str(&format!("  {l}\n"));
+            }
+        }
         for f in [Family::V4, Family::V6] {
             for name in st.ns.family(f).order.iter() {
                 let t = &st.ns.family(f).tables[name];
@@ -410,6 +427,13 @@ pub fn main(spawned: bool) -> i32 {
         unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     }
     log::open("bpfiptd");
+    // Tables of megabytes come and go with every request: keep them in the heap instead of
+    // fresh mmaps, whose page faults and zeroing cost more than the work itself.
+    // SAFETY: mallopt only tunes the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
     let listener = match bind() {
         Ok(Some(l)) => l,
         Ok(None) => return 0,

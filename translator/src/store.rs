@@ -7,12 +7,19 @@
 //! remounts /sys), nothing stale after the namespace is gone, and a daemon that dies loses
 //! nothing: the next one finds the maps again through `lo` (`BPF_PROG_QUERY`, map ids).
 //!
-//! Atomicity: every record (a table's entries, a table's counters) has two halves in
-//! `bpfipt_store`. A commit writes the inactive half completely, then flips the half in the
-//! header with one update of the single-entry `bpfipt_hdr` array, which the kernel performs as
-//! one copy. A process killed at any point leaves the old header or the new one; a half that
-//! was being written is never pointed to.
+//! Layout: `bpfipt_store` is a content-addressed chunk store (key: a 128-bit hash of the
+//! chunk; value: the chunk, at most 64 KiB). A record (a table's entries, a table's counters)
+//! is a *manifest*, itself a chunk, listing its chunks. `bpfipt_hdr`, a single-entry array,
+//! names each table's manifests.
+//!
+//! Atomicity: a commit writes the chunks the new version needs that are not stored yet, then
+//! its manifest, then replaces the header with one map update (one copy in the kernel), and only
+//! then deletes chunks no record references any more. A process killed at any point leaves the
+//! old header (whose chunks are all still there) or the new one. Table chunks are cut at entry
+//! boundaries chosen by content, so inserting or deleting a rule rewrites one chunk, not the
+//! whole table.
 
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -24,29 +31,32 @@ pub const HDR_MAP: &str = "bpfipt_hdr";
 pub const STORE_MAP: &str = "bpfipt_store";
 pub const ANCHOR_PROG: &str = "bpfipt_anchor";
 
-const MAGIC: &[u8; 8] = b"BPFIPT01";
-const HDR_SIZE: usize = 1024;
+const MAGIC: &[u8; 8] = b"BPFIPT02";
+const HDR_SIZE: usize = 2048;
+/// Chunk value size: 4 bytes of length, then the data.
 const CHUNK: usize = 64 * 1024;
-/// Chunks the store can hold (8192 x 64 KiB): the hash map allocates elements on use.
+const CHUNK_DATA: usize = CHUNK - 4;
+/// A chunk is cut at the first entry boundary past this size whose entry hash says so.
+const CHUNK_MIN: usize = 16 * 1024;
+/// Chunks the store can hold (the hash map allocates elements on use): 512 MiB.
 const MAX_CHUNKS: u32 = 8192;
 const SLOTS: usize = 2 * KNOWN_TABLES.len();
-const REC_SIZE: usize = 32;
+const REC_SIZE: usize = 64;
 const REC_BASE: usize = 32;
+
+/// A chunk id: the 128-bit XXH3 of its content.
+type ChunkId = [u8; 16];
+const NO_CHUNK: ChunkId = [0; 16];
 
 /// Per-table bookkeeping in the header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Rec {
     present: bool,
-    /// Which half holds the entries, and which the counters.
-    table_half: u8,
-    counters_half: u8,
     /// Instantiation sequence number (orders /proc/net/ip_tables_names).
     order: u32,
-    /// Serialized lengths; 0 means "initial contents".
-    table_len: u32,
-    counters_len: u32,
-    table_sum: u64,
-    counters_sum: u64,
+    /// Manifests of the entries and of the counters; NO_CHUNK means "initial contents".
+    table: ChunkId,
+    counters: ChunkId,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,13 +83,9 @@ impl Header {
         for (i, r) in self.recs.iter().enumerate() {
             let o = REC_BASE + i * REC_SIZE;
             b[o] = r.present as u8;
-            b[o + 1] = r.table_half;
-            b[o + 2] = r.counters_half;
             b[o + 4..o + 8].copy_from_slice(&r.order.to_ne_bytes());
-            b[o + 8..o + 12].copy_from_slice(&r.table_len.to_ne_bytes());
-            b[o + 12..o + 16].copy_from_slice(&r.counters_len.to_ne_bytes());
-            b[o + 16..o + 24].copy_from_slice(&r.table_sum.to_ne_bytes());
-            b[o + 24..o + 32].copy_from_slice(&r.counters_sum.to_ne_bytes());
+            b[o + 16..o + 32].copy_from_slice(&r.table);
+            b[o + 32..o + 48].copy_from_slice(&r.counters);
         }
         b
     }
@@ -88,25 +94,19 @@ impl Header {
         if b.len() < HDR_SIZE || &b[..8] != MAGIC {
             return None;
         }
-        let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
-        let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap());
         let mut recs = [Rec::default(); SLOTS];
         for (i, r) in recs.iter_mut().enumerate() {
             let o = REC_BASE + i * REC_SIZE;
             *r = Rec {
                 present: b[o] != 0,
-                table_half: b[o + 1] & 1,
-                counters_half: b[o + 2] & 1,
-                order: u32_at(o + 4),
-                table_len: u32_at(o + 8),
-                counters_len: u32_at(o + 12),
-                table_sum: u64_at(o + 16),
-                counters_sum: u64_at(o + 24),
+                order: u32::from_ne_bytes(b[o + 4..o + 8].try_into().unwrap()),
+                table: b[o + 16..o + 32].try_into().unwrap(),
+                counters: b[o + 32..o + 48].try_into().unwrap(),
             };
         }
         Some(Header {
-            generation: u64_at(8),
-            next_order: u32_at(16),
+            generation: u64::from_ne_bytes(b[8..16].try_into().unwrap()),
+            next_order: u32::from_ne_bytes(b[16..20].try_into().unwrap()),
             recs,
         })
     }
@@ -130,14 +130,59 @@ fn slot_table(s: usize) -> (Family, &'static str, u32) {
     (fam, n, h)
 }
 
-/// FNV-1a, to detect a record that does not match its header entry.
-fn checksum(b: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for &x in b {
-        h ^= x as u64;
-        h = h.wrapping_mul(0x100000001b3);
+fn chunk_id(data: &[u8]) -> ChunkId {
+    let mut id = xxhash_rust::xxh3::xxh3_128(data).to_le_bytes();
+    // NO_CHUNK is reserved for "nothing stored".
+    if id == NO_CHUNK {
+        id[0] = 1;
     }
-    h
+    id
+}
+
+/// Cuts a table record into chunks at entry boundaries chosen by content (a boundary follows
+/// an entry whose bytes hash to 0 mod 8 once the chunk is at least CHUNK_MIN long), so that a
+/// change to one rule changes one chunk.
+fn table_cuts(family: Family, rec: &[u8], blob_off: usize) -> Vec<usize> {
+    let mut cuts = Vec::new();
+    let mut start = 0;
+    let mut pos = blob_off;
+    for e in abi::entries(family, &rec[blob_off..]) {
+        let end = blob_off + e.offset + e.next_offset();
+        if end - start > CHUNK_DATA {
+            cuts.push(pos);
+            start = pos;
+        }
+        if end - start >= CHUNK_MIN && xxhash_rust::xxh3::xxh3_64(e.bytes).is_multiple_of(8) {
+            cuts.push(end);
+            start = end;
+        }
+        pos = end;
+    }
+    cuts.retain(|&c| c > 0 && c < rec.len());
+    cuts.dedup();
+    // Anything past the last entry (or a record without entries) in fixed-size pieces.
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for c in cuts.into_iter().chain(std::iter::once(rec.len())) {
+        while c - prev > CHUNK_DATA {
+            prev += CHUNK_DATA;
+            out.push(prev);
+        }
+        if c > prev {
+            out.push(c);
+            prev = c;
+        }
+    }
+    out
+}
+
+fn fixed_cuts(len: usize) -> Vec<usize> {
+    let piece = 16 * 1024;
+    let mut v: Vec<usize> = (1..).map(|i| i * piece).take_while(|&c| c < len).collect();
+    if len > 0 {
+        v.push(len);
+    }
+    v
 }
 
 /// Serialized form of a table's entries record.
@@ -157,6 +202,9 @@ pub fn encode_table(t: &Table) -> Vec<u8> {
     b
 }
 
+/// Offset of the entries in an encoded table record.
+const TABLE_BLOB_OFF: usize = 56;
+
 pub fn decode_table(family: Family, name: &str, b: &[u8]) -> Option<Table> {
     let u32_at =
         |o: usize| -> Option<u32> { Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?)) };
@@ -170,7 +218,10 @@ pub fn decode_table(family: Family, name: &str, b: &[u8]) -> Option<Table> {
     let number = u32_at(44)?;
     let initial_entries = u32_at(48)?;
     let len = u32_at(52)? as usize;
-    let blob = b.get(56..56 + len)?.to_vec();
+    if b.len() != TABLE_BLOB_OFF + len {
+        return None;
+    }
+    let blob = b[TABLE_BLOB_OFF..].to_vec();
     Some(Table {
         family,
         name: name.to_string(),
@@ -189,27 +240,23 @@ pub struct Store {
     hdr_map: OwnedFd,
     data_map: OwnedFd,
     header: Header,
+    /// Chunk ids each manifest lists (the manifests of the current header).
+    manifests: HashMap<ChunkId, Vec<ChunkId>>,
+    /// Every chunk stored in the map.
+    stored: BTreeSet<ChunkId>,
     /// Kept so that the anchor can be replaced by the datapath's ingress program later.
     pub anchor: Option<OwnedFd>,
 }
-
-fn key(slot: usize, kind: u8, half: u8, chunk: u32) -> [u8; 8] {
-    let mut k = [0u8; 8];
-    k[0] = slot as u8;
-    k[1] = kind;
-    k[2] = half;
-    k[4..8].copy_from_slice(&chunk.to_ne_bytes());
-    k
-}
-
-const KIND_TABLE: u8 = 0;
-const KIND_COUNTERS: u8 = 1;
 
 /// The anchor program: `r0 = TCX_NEXT; exit`. It only holds the store maps.
 fn anchor_insns() -> [u64; 2] {
     let mov_r0_next = 0xb7u64 | ((-1i32 as u32 as u64) << 32);
     let exit = 0x95u64;
     [mov_r0_next, exit]
+}
+
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
 impl Store {
@@ -240,12 +287,21 @@ impl Store {
                 let mut buf = vec![0u8; HDR_SIZE];
                 sys::map_lookup(&hdr_map, &0u32.to_ne_bytes(), &mut buf)?;
                 let header = Header::parse(&buf).unwrap_or_else(Header::empty);
-                return Ok(Some(Store {
+                let stored = sys::map_keys(&data_map, 16)?
+                    .into_iter()
+                    .map(|k| k.try_into().unwrap())
+                    .collect();
+                let mut s = Store {
                     hdr_map,
                     data_map,
                     header,
+                    manifests: HashMap::new(),
+                    stored,
                     anchor: Some(prog),
-                }));
+                };
+                s.load_manifests()?;
+                s.collect_garbage()?;
+                return Ok(Some(s));
             }
         }
         Ok(None)
@@ -256,7 +312,7 @@ impl Store {
         let hdr_map = sys::map_create(sys::BPF_MAP_TYPE_ARRAY, 4, HDR_SIZE as u32, 1, 0, HDR_MAP)?;
         let data_map = sys::map_create(
             sys::BPF_MAP_TYPE_HASH,
-            8,
+            16,
             CHUNK as u32,
             MAX_CHUNKS,
             sys::BPF_F_NO_PREALLOC,
@@ -272,6 +328,8 @@ impl Store {
             hdr_map,
             data_map,
             header,
+            manifests: HashMap::new(),
+            stored: BTreeSet::new(),
             anchor: Some(prog),
         })
     }
@@ -292,49 +350,117 @@ impl Store {
         self.header.generation
     }
 
-    fn write_record(&self, slot: usize, kind: u8, half: u8, data: &[u8]) -> io::Result<()> {
-        let mut chunk = vec![0u8; CHUNK];
-        let n = data.len().div_ceil(CHUNK);
-        if n as u32 > MAX_CHUNKS / 4 {
-            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+    fn read_chunk(&self, id: &ChunkId) -> io::Result<Vec<u8>> {
+        let mut v = vec![0u8; CHUNK];
+        if !sys::map_lookup(&self.data_map, id, &mut v)? {
+            return Err(corrupt("store chunk missing"));
         }
-        for (i, part) in data.chunks(CHUNK).enumerate() {
-            chunk[..part.len()].copy_from_slice(part);
-            chunk[part.len()..].fill(0);
-            sys::map_update(
-                &self.data_map,
-                &key(slot, kind, half, i as u32),
-                &chunk,
-                sys::BPF_ANY,
-            )?;
+        let len = u32::from_ne_bytes(v[..4].try_into().unwrap()) as usize;
+        if len > CHUNK_DATA {
+            return Err(corrupt("store chunk length"));
         }
-        // Free what an older, longer record left in this half.
-        let mut i = n as u32;
-        while sys::map_delete(&self.data_map, &key(slot, kind, half, i))? {
-            i += 1;
+        v.truncate(4 + len);
+        v.drain(..4);
+        if chunk_id(&v) != *id {
+            return Err(corrupt("store chunk content does not match its id"));
         }
-        Ok(())
+        Ok(v)
     }
 
-    fn read_record(&self, slot: usize, kind: u8, half: u8, len: usize) -> io::Result<Vec<u8>> {
+    fn write_chunk(&mut self, data: &[u8]) -> io::Result<ChunkId> {
+        let id = chunk_id(data);
+        if !self.stored.contains(&id) {
+            let mut v = vec![0u8; 4 + data.len()];
+            v[..4].copy_from_slice(&(data.len() as u32).to_ne_bytes());
+            v[4..].copy_from_slice(data);
+            v.resize(CHUNK, 0);
+            sys::map_update(&self.data_map, &id, &v, sys::BPF_ANY)?;
+            self.stored.insert(id);
+        }
+        Ok(id)
+    }
+
+    /// Writes a record cut at `cuts`; returns its manifest id.
+    fn write_record(&mut self, data: &[u8], cuts: &[usize]) -> io::Result<ChunkId> {
+        let mut ids = Vec::with_capacity(cuts.len());
+        let mut manifest = Vec::with_capacity(8 + cuts.len() * 16);
+        manifest.extend_from_slice(&(data.len() as u64).to_ne_bytes());
+        let mut prev = 0;
+        for &c in cuts {
+            let id = self.write_chunk(&data[prev..c])?;
+            manifest.extend_from_slice(&id);
+            ids.push(id);
+            prev = c;
+        }
+        if manifest.len() > CHUNK_DATA {
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        let mid = self.write_chunk(&manifest)?;
+        self.manifests.insert(mid, ids);
+        Ok(mid)
+    }
+
+    fn read_record(&self, manifest: &ChunkId) -> io::Result<Vec<u8>> {
+        let m = self.read_chunk(manifest)?;
+        if m.len() < 8 || (m.len() - 8) % 16 != 0 {
+            return Err(corrupt("store manifest"));
+        }
+        let len = u64::from_ne_bytes(m[..8].try_into().unwrap()) as usize;
         let mut out = Vec::with_capacity(len);
-        let mut chunk = vec![0u8; CHUNK];
-        let mut i = 0u32;
-        while out.len() < len {
-            if !sys::map_lookup(&self.data_map, &key(slot, kind, half, i), &mut chunk)? {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "store record truncated",
-                ));
-            }
-            let take = (len - out.len()).min(CHUNK);
-            out.extend_from_slice(&chunk[..take]);
-            i += 1;
+        for id in m[8..].chunks_exact(16) {
+            out.extend_from_slice(&self.read_chunk(id.try_into().unwrap())?);
+        }
+        if out.len() != len {
+            return Err(corrupt("store record length"));
         }
         Ok(out)
     }
 
-    fn publish(&mut self, header: Header) -> io::Result<()> {
+    fn load_manifests(&mut self) -> io::Result<()> {
+        self.manifests.clear();
+        for r in self.header.recs {
+            for mid in [r.table, r.counters] {
+                if mid == NO_CHUNK || self.manifests.contains_key(&mid) {
+                    continue;
+                }
+                let m = self.read_chunk(&mid)?;
+                let ids = m
+                    .get(8..)
+                    .unwrap_or_default()
+                    .chunks_exact(16)
+                    .map(|c| c.try_into().unwrap())
+                    .collect();
+                self.manifests.insert(mid, ids);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every chunk the header does not reach.
+    fn collect_garbage(&mut self) -> io::Result<()> {
+        let mut live: BTreeSet<ChunkId> = BTreeSet::new();
+        for r in self.header.recs {
+            for mid in [r.table, r.counters] {
+                if mid == NO_CHUNK {
+                    continue;
+                }
+                live.insert(mid);
+                if let Some(ids) = self.manifests.get(&mid) {
+                    live.extend(ids.iter().copied());
+                }
+            }
+        }
+        self.manifests.retain(|k, _| live.contains(k));
+        let dead: Vec<ChunkId> = self.stored.difference(&live).copied().collect();
+        for id in dead {
+            sys::map_delete(&self.data_map, &id)?;
+            self.stored.remove(&id);
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, mut header: Header) -> io::Result<()> {
+        header.generation = self.header.generation + 1;
         sys::map_update(
             &self.hdr_map,
             &0u32.to_ne_bytes(),
@@ -342,7 +468,7 @@ impl Store {
             sys::BPF_ANY,
         )?;
         self.header = header;
-        Ok(())
+        self.collect_garbage()
     }
 
     /// Records that a table now exists (with its initial contents), for the listing order.
@@ -360,7 +486,6 @@ impl Store {
             ..Rec::default()
         };
         h.next_order += 1;
-        h.generation += 1;
         self.publish(h)
     }
 
@@ -369,9 +494,8 @@ impl Store {
         let s =
             slot(t.family, &t.name).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
         let mut h = self.header.clone();
-        let mut r = h.recs[s];
-        if !r.present {
-            r = Rec {
+        if !h.recs[s].present {
+            h.recs[s] = Rec {
                 present: true,
                 order: h.next_order,
                 ..Rec::default()
@@ -380,18 +504,8 @@ impl Store {
         }
         let tb = encode_table(t);
         let cb = abi::emit_counters(&t.counters);
-        let th = r.table_half ^ 1;
-        let ch = r.counters_half ^ 1;
-        self.write_record(s, KIND_TABLE, th, &tb)?;
-        self.write_record(s, KIND_COUNTERS, ch, &cb)?;
-        r.table_half = th;
-        r.counters_half = ch;
-        r.table_len = tb.len() as u32;
-        r.counters_len = cb.len() as u32;
-        r.table_sum = checksum(&tb);
-        r.counters_sum = checksum(&cb);
-        h.recs[s] = r;
-        h.generation += 1;
+        h.recs[s].table = self.write_record(&tb, &table_cuts(t.family, &tb, TABLE_BLOB_OFF))?;
+        h.recs[s].counters = self.write_record(&cb, &fixed_cuts(cb.len()))?;
         self.publish(h)
     }
 
@@ -399,26 +513,22 @@ impl Store {
     pub fn commit_counters(&mut self, t: &Table) -> io::Result<()> {
         let s =
             slot(t.family, &t.name).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        if self.header.recs[s].table_len == 0 {
-            // Initial contents are implied by length 0; write the table so the counters have
-            // something to belong to.
+        if self.header.recs[s].table == NO_CHUNK {
             return self.commit_table(t);
         }
         let mut h = self.header.clone();
-        let mut r = h.recs[s];
         let cb = abi::emit_counters(&t.counters);
-        let ch = r.counters_half ^ 1;
-        self.write_record(s, KIND_COUNTERS, ch, &cb)?;
-        r.counters_half = ch;
-        r.counters_len = cb.len() as u32;
-        r.counters_sum = checksum(&cb);
-        h.recs[s] = r;
-        h.generation += 1;
+        h.recs[s].counters = self.write_record(&cb, &fixed_cuts(cb.len()))?;
         self.publish(h)
     }
 
-    /// Reads every table back. A record whose checksum does not match is reported and
-    /// replaced by the table's initial contents (never a mix of two versions).
+    /// Number of chunks stored (for status and tests).
+    pub fn chunks(&self) -> usize {
+        self.stored.len()
+    }
+
+    /// Reads every table back. A record that does not read back whole is reported and the
+    /// table takes its initial contents (never a mix of two versions).
     pub fn load(&self) -> io::Result<(Netns, Vec<String>)> {
         let mut ns = Netns::default();
         let mut problems = Vec::new();
@@ -433,25 +543,27 @@ impl Store {
             let r = self.header.recs[s];
             let (fam, name, hooks) = slot_table(s);
             let mut table = Table::initial(fam, name, hooks);
-            if r.table_len > 0 {
-                let tb = self.read_record(s, KIND_TABLE, r.table_half, r.table_len as usize)?;
-                match decode_table(fam, name, &tb) {
-                    Some(t) if checksum(&tb) == r.table_sum => table = t,
-                    _ => problems.push(format!(
-                        "{fam} table {name}: stored entries are corrupt; reset to initial"
+            if r.table != NO_CHUNK {
+                match self
+                    .read_record(&r.table)
+                    .map(|tb| decode_table(fam, name, &tb))
+                {
+                    Ok(Some(t)) => table = t,
+                    Ok(None) => problems.push(format!(
+                        "{fam} table {name}: stored entries do not decode; reset to initial"
                     )),
+                    Err(e) => problems.push(format!("{fam} table {name}: {e}; reset to initial")),
                 }
             }
-            if r.counters_len > 0 {
-                let cb =
-                    self.read_record(s, KIND_COUNTERS, r.counters_half, r.counters_len as usize)?;
-                let c = abi::parse_counters(&cb);
-                if checksum(&cb) == r.counters_sum && c.len() == table.number as usize {
-                    table.counters = c;
-                } else {
-                    problems.push(format!(
-                        "{fam} table {name}: stored counters are corrupt; zeroed"
-                    ));
+            if r.counters != NO_CHUNK {
+                match self.read_record(&r.counters) {
+                    Ok(cb) if cb.len() == table.number as usize * abi::COUNTERS_SIZE => {
+                        table.counters = abi::parse_counters(&cb)
+                    }
+                    Ok(_) => problems.push(format!(
+                        "{fam} table {name}: stored counters do not match the entries; zeroed"
+                    )),
+                    Err(e) => problems.push(format!("{fam} table {name}: counters: {e}; zeroed")),
                 }
             }
             let ft: &mut FamilyTables = ns.family_mut(fam);
@@ -472,13 +584,9 @@ mod tests {
         h.generation = 7;
         h.recs[3] = Rec {
             present: true,
-            table_half: 1,
-            counters_half: 0,
             order: 2,
-            table_len: 99,
-            counters_len: 16,
-            table_sum: 5,
-            counters_sum: 6,
+            table: [7; 16],
+            counters: [9; 16],
         };
         assert_eq!(Header::parse(&h.emit()).unwrap(), h);
     }
@@ -495,5 +603,60 @@ mod tests {
         let t = Table::initial(Family::V4, "filter", 0b01110);
         let b = encode_table(&t);
         assert!(decode_table(Family::V4, "filter", &b[..b.len() - 1]).is_none());
+    }
+
+    fn big_table(n: usize, skip: Option<usize>) -> Vec<u8> {
+        let mut rec = vec![0u8; TABLE_BLOB_OFF];
+        for i in 0..n {
+            if Some(i) == skip {
+                continue;
+            }
+            let mut e = abi::build::standard_entry(Family::V4, abi::VERDICT_ACCEPT);
+            e[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            rec.extend(e);
+        }
+        rec
+    }
+
+    #[test]
+    fn cuts_are_at_entry_boundaries_and_bounded() {
+        let rec = big_table(3000, None);
+        let cuts = table_cuts(Family::V4, &rec, TABLE_BLOB_OFF);
+        assert_eq!(*cuts.last().unwrap(), rec.len());
+        let mut prev = 0;
+        for &c in &cuts {
+            assert!(c - prev <= CHUNK_DATA);
+            assert!(
+                c == rec.len() || (c - TABLE_BLOB_OFF).is_multiple_of(152),
+                "cut {c} inside an entry"
+            );
+            prev = c;
+        }
+        assert!(
+            cuts.len() > 4,
+            "{} chunks for {} bytes",
+            cuts.len(),
+            rec.len()
+        );
+    }
+
+    #[test]
+    fn removing_one_rule_changes_few_chunks() {
+        let a = big_table(3000, None);
+        let b = big_table(3000, Some(1500));
+        let chunks = |rec: &[u8]| -> BTreeSet<ChunkId> {
+            let mut prev = 0;
+            table_cuts(Family::V4, rec, TABLE_BLOB_OFF)
+                .into_iter()
+                .map(|c| {
+                    let id = chunk_id(&rec[prev..c]);
+                    prev = c;
+                    id
+                })
+                .collect()
+        };
+        let (ca, cb) = (chunks(&a), chunks(&b));
+        let new = cb.difference(&ca).count();
+        assert!(new <= 2, "{new} of {} chunks changed", cb.len());
     }
 }

@@ -11,6 +11,7 @@ const BPF_MAP_CREATE: u32 = 0;
 const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
 const BPF_MAP_DELETE_ELEM: u32 = 3;
+const BPF_MAP_GET_NEXT_KEY: u32 = 4;
 const BPF_PROG_LOAD: u32 = 5;
 const BPF_PROG_ATTACH: u32 = 8;
 const BPF_PROG_DETACH: u32 = 9;
@@ -123,6 +124,28 @@ pub fn map_delete(map: &impl AsRawFd, key: &[u8]) -> io::Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// All keys of a map (each `key_size` bytes), by `BPF_MAP_GET_NEXT_KEY`.
+pub fn map_keys(map: &impl AsRawFd, key_size: usize) -> io::Result<Vec<Vec<u8>>> {
+    let mut keys = Vec::new();
+    let mut cur: Option<Vec<u8>> = None;
+    loop {
+        let mut next = vec![0u8; key_size];
+        let mut a = Attr::new();
+        a.u32(0, map.as_raw_fd() as u32);
+        if let Some(c) = &cur {
+            a.u64(8, c.as_ptr() as u64);
+        }
+        a.u64(16, next.as_mut_ptr() as u64);
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+            Err(e) => return Err(e),
+        }
+        keys.push(next.clone());
+        cur = Some(next);
     }
 }
 
