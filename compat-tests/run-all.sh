@@ -19,6 +19,7 @@ step "build" cargo build --release --workspace
 step "cargo test" cargo test --release --workspace
 step "cli-diff" "$here/cli-diff.sh"
 step "daemon" "$here/daemon.sh"
+step "package" "$here/package.sh"
 
 upstream() {
     local k s
