@@ -10,6 +10,7 @@ pub mod attach;
 pub mod check;
 pub mod daemon;
 pub mod ext;
+pub mod fallback;
 pub mod ir;
 pub mod kernel;
 pub mod log;
