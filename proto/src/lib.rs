@@ -64,9 +64,15 @@ pub struct Request {
     pub op: Op,
     /// `libc::AF_INET` or `libc::AF_INET6`.
     pub family: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
     pub optlen: u32,
     pub data: Vec<u8>,
 }
+
+/// The caller runs with `BPFIPT_STRICT=1`: a commit the eBPF datapath cannot enforce fails
+/// (EOPNOTSUPP, with the reason in the reply) instead of falling back to the kernel.
+pub const FLAG_STRICT: u8 = 1;
 
 /// A reply: `errno == 0` is success, `data` is what the kernel would write back (getinfo
 /// struct, entries blob, old counters of a replace, control text).
@@ -130,7 +136,8 @@ impl Request {
         let mut b = Vec::with_capacity(8 + self.data.len());
         b.push(self.op as u8);
         b.push(self.family);
-        b.extend_from_slice(&[0, 0]);
+        b.push(self.flags);
+        b.push(0);
         b.extend_from_slice(&self.optlen.to_le_bytes());
         b.extend_from_slice(&self.data);
         b
@@ -144,6 +151,7 @@ impl Request {
         Ok(Request {
             op,
             family: b[1],
+            flags: b[2],
             optlen: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
             data: b[8..].to_vec(),
         })
@@ -192,6 +200,7 @@ mod tests {
         let r = Request {
             op: Op::SetReplace,
             family: libc::AF_INET6 as u8,
+            flags: FLAG_STRICT,
             optlen: 1234,
             data: vec![1, 2, 3],
         };

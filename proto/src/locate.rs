@@ -212,6 +212,7 @@ pub fn connect_or_spawn() -> Result<UnixStream, ConnectError> {
     let hello = Request {
         op: Op::Hello,
         family: 0,
+        flags: 0,
         optlen: 0,
         data: hello_payload(),
     };

@@ -161,6 +161,14 @@ fn exchange(fd: c_int, req: &Request) -> Result<Reply, c_int> {
     Err(libc::EAGAIN)
 }
 
+/// Flags every request of this process carries.
+fn request_flags() -> u8 {
+    match std::env::var_os("BPFIPT_STRICT") {
+        Some(v) if v == "1" => bpfipt_proto::FLAG_STRICT,
+        _ => 0,
+    }
+}
+
 fn report(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
@@ -242,6 +250,7 @@ fn emulate_get(
     let req = Request {
         op,
         family: family as u8,
+        flags: request_flags(),
         optlen: len as u32,
         data,
     };
@@ -352,6 +361,7 @@ fn emulate_set(
     let req = Request {
         op,
         family: family as u8,
+        flags: request_flags(),
         optlen: len as u32,
         data,
     };
@@ -360,6 +370,10 @@ fn emulate_set(
         Err(e) => return fail(e),
     };
     if reply.errno != 0 {
+        // The daemon explains refusals the kernel has no words for (strict mode).
+        if !reply.data.is_empty() {
+            report(String::from_utf8_lossy(&reply.data).trim_end());
+        }
         return fail(reply.errno);
     }
     if op == Op::SetReplace && !reply.data.is_empty() {
@@ -379,6 +393,7 @@ fn table_names_file(path: *const c_char, family: c_int) -> Option<*mut libc::FIL
     let req = Request {
         op: Op::TableNames,
         family: family as u8,
+        flags: 0,
         optlen: 0,
         data: Vec::new(),
     };

@@ -489,6 +489,7 @@ pub fn control(cmd: &str) -> io::Result<String> {
     let hello = Request {
         op: Op::Hello,
         family: 0,
+        flags: 0,
         optlen: 0,
         data: bpfipt_proto::hello_payload(),
     };
@@ -498,6 +499,7 @@ pub fn control(cmd: &str) -> io::Result<String> {
         &Request {
             op: Op::Control,
             family: 0,
+            flags: 0,
             optlen: 0,
             data: cmd.as_bytes().to_vec(),
         },
