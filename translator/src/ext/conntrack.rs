@@ -90,6 +90,9 @@ impl State {
 pub struct AddrMask {
     pub addr: IpAddr,
     pub mask: IpAddr,
+    /// IPv4 only: the last 12 bytes of the address and of the mask unions, which the kernel
+    /// ignores. iptables sets the mask's to ones for an address without a prefix length.
+    pub v4_unused: [u8; 24],
 }
 
 /// The connection's direction relative to the packet (`--ctdir`).
@@ -200,6 +203,14 @@ impl Conntrack {
                 value: AddrMask {
                     addr: r.inet_addr(family, ADDRS[i]),
                     mask: r.inet_addr(family, ADDRS[i] + 16),
+                    v4_unused: if family == Family::V4 {
+                        let mut u = [0u8; 24];
+                        u[..12].copy_from_slice(&r.bytes::<12>(ADDRS[i] + 4));
+                        u[12..].copy_from_slice(&r.bytes::<12>(ADDRS[i] + 20));
+                        u
+                    } else {
+                        [0; 24]
+                    },
                 },
                 inv,
             })
@@ -289,6 +300,10 @@ impl Conntrack {
                 mark(bit, a.inv);
                 w.inet_addr(ADDRS[i], a.value.addr)
                     .inet_addr(ADDRS[i] + 16, a.value.mask);
+                if a.value.addr.is_ipv4() {
+                    w.bytes(ADDRS[i] + 4, &a.value.v4_unused[..12])
+                        .bytes(ADDRS[i] + 20, &a.value.v4_unused[12..]);
+                }
             }
         }
         for (i, (p, bit)) in [
@@ -368,6 +383,7 @@ mod tests {
                 value: AddrMask {
                     addr: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 0)),
                     mask: IpAddr::V4(Ipv4Addr::new(255, 255, 0, 0)),
+                    v4_unused: [0xff; 24],
                 },
                 inv: false,
             }),

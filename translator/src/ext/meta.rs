@@ -259,9 +259,8 @@ fn limit_verdict(avg: u32, burst: u32) -> Option<Result<(), Errno>> {
 pub enum StatisticMode {
     /// Matches with probability `probability / 2^31`.
     Random { probability: u32 },
-    /// Matches every `every`-th packet (`every` is n-1), starting at `packet`; `count` seeds the
-    /// kernel's counter.
-    Nth { every: u32, packet: u32, count: u32 },
+    /// Matches every `every + 1`-th packet (`every` is n-1), `packet` the initial count.
+    Nth { every: u32, packet: u32 },
 }
 
 const XT_STATISTIC_INVERT: u16 = 0x1;
@@ -273,6 +272,9 @@ const XT_STATISTIC_INVERT: u16 = 0x1;
 pub struct Statistic {
     pub mode: StatisticMode,
     pub invert: bool,
+    /// `u.nth.count`, the kernel's starting counter for nth. iptables writes `every - packet`
+    /// in both modes, so in random mode it holds the probability (the union's first word).
+    pub count: u32,
     pub master: u64,
 }
 
@@ -293,7 +295,6 @@ impl Statistic {
             1 => StatisticMode::Nth {
                 every: r.u32(4),
                 packet: r.u32(8),
-                count: r.u32(12),
             },
             v => {
                 return Err(ParseError::Value {
@@ -306,6 +307,7 @@ impl Statistic {
         let s = Statistic {
             mode,
             invert: r.u16(2) & XT_STATISTIC_INVERT != 0,
+            count: r.u32(12),
             master: r.u64(16),
         };
         canonical("statistic", s, Statistic::emit, data)
@@ -317,16 +319,15 @@ impl Statistic {
             StatisticMode::Random { probability } => {
                 w.u16(0, 0).u32(4, probability);
             }
-            StatisticMode::Nth {
-                every,
-                packet,
-                count,
-            } => {
-                w.u16(0, 1).u32(4, every).u32(8, packet).u32(12, count);
+            StatisticMode::Nth { every, packet } => {
+                w.u16(0, 1).u32(4, every).u32(8, packet);
             }
         }
         let flags = if self.invert { XT_STATISTIC_INVERT } else { 0 };
-        w.u16(2, flags).u64(16, self.master).done()
+        w.u16(2, flags)
+            .u32(12, self.count)
+            .u64(16, self.master)
+            .done()
     }
 }
 
@@ -382,9 +383,9 @@ mod tests {
             mode: StatisticMode::Nth {
                 every: 2,
                 packet: 1,
-                count: 0,
             },
             invert: true,
+            count: 1,
             master: 0,
         };
         assert_eq!(Statistic::parse(&s.emit()), Ok(s));

@@ -12,6 +12,8 @@
 mod addr;
 pub mod build;
 mod conntrack;
+#[cfg(test)]
+mod golden;
 mod log;
 mod meta;
 mod multiport;
@@ -105,7 +107,8 @@ pub enum Match {
     MultiportV0(MultiportV0),
     IpRange(IpRange),
     AddrType(AddrType),
-    Conntrack(Conntrack),
+    /// Boxed: by far the largest value.
+    Conntrack(Box<Conntrack>),
     State(State),
     Comment(Comment),
     Mark(Mark),
@@ -144,7 +147,9 @@ impl Match {
             ("multiport", 1, _) => Match::Multiport(Multiport::parse(data)?),
             ("iprange", 1, _) => Match::IpRange(IpRange::parse(family, data)?),
             ("addrtype", 1, _) => Match::AddrType(AddrType::parse(data)?),
-            ("conntrack", 1..=3, _) => Match::Conntrack(Conntrack::parse(family, revision, data)?),
+            ("conntrack", 1..=3, _) => {
+                Match::Conntrack(Box::new(Conntrack::parse(family, revision, data)?))
+            }
             ("state", 0, _) => Match::State(State::parse(data)?),
             ("comment", 0, _) => Match::Comment(Comment::parse(data)?),
             ("mark", 1, _) => Match::Mark(Mark::parse(data)?),
