@@ -359,3 +359,30 @@ fn restrictions_are_the_kernels() {
     }
     eprintln!("{compared} restriction cases told apart by the kernel");
 }
+
+/// The stored golden captures are still what iptables and the kernel produce.
+#[test]
+fn golden_captures_are_current() {
+    use translator::ext::capture;
+    let Some(_s) = scratch_or_skip("golden_captures_are_current") else {
+        return;
+    };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/ext/testdata/");
+    let commands = std::fs::read_to_string(format!("{dir}commands.txt")).unwrap();
+    let stored = std::fs::read_to_string(format!("{dir}captures.txt")).unwrap();
+    let mut captured = Vec::new();
+    for b in capture::parse_commands(&commands).unwrap() {
+        let (info, entries) = capture::capture(&b).unwrap_or_else(|e| panic!("{e}"));
+        captured.push((b, info, entries));
+    }
+    let fresh = capture::render(&captured);
+    for (i, (a, b)) in fresh.lines().zip(stored.lines()).enumerate() {
+        assert_eq!(
+            a,
+            b,
+            "captures.txt line {} differs from a fresh capture",
+            i + 1
+        );
+    }
+    assert_eq!(fresh.lines().count(), stored.lines().count());
+}

@@ -163,14 +163,6 @@ impl Ttl {
     }
 }
 
-/// `ttl_mt_check`/`hl_mt6_check`: a known mode.
-pub fn check_ttl(_ctx: &ExtCtx<'_>, data: &[u8]) -> Result<(), Errno> {
-    if Rd(data).u8(0) > TtlMode::Gt as u8 {
-        return Err(libc::EINVAL);
-    }
-    Ok(())
-}
-
 /// `XT_LIMIT_SCALE`: `avg` is in 1/10000 s.
 pub const LIMIT_SCALE: u32 = 10000;
 

@@ -11,6 +11,7 @@
 
 mod addr;
 pub mod build;
+pub mod capture;
 mod conntrack;
 #[cfg(test)]
 mod golden;
