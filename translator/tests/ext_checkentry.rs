@@ -315,6 +315,11 @@ fn addrtype_cases(c: &mut Cases) {
         at("addrtype in unreachable", "filter", At::Unreachable, addrtype(0, LOCAL, IN), OK);
         at("addrtype invert flags", "filter", At::Hook(Forward), addrtype(LOCAL, LOCAL, 3), OK);
         at("addrtype unknown flags", "filter", At::Hook(Forward), addrtype(LOCAL, 0, 0xf0), OK);
+        // A rule with a match is conditional even with an empty ip header: the next rule is
+        // reached from INPUT too.
+        let mark = Rule { ip: any(), matches: vec![xt_obj("mark", 1, &[0; 12])], action: Action::Verdict(VERDICT_ACCEPT) };
+        let out = Rule { ip: any(), matches: vec![addrtype(LOCAL, 0, OUT)], action: Action::Verdict(VERDICT_ACCEPT) };
+        c.push("addrtype out in INPUT after a conditional ACCEPT", Table::new(f, "filter").rule(LocalIn, mark).rule(LocalIn, out), err(EINVAL));
     }
     c.m("addrtype v6 BLACKHOLE", V6, any(), addrtype(BLACKHOLE, 0, 0), err(EINVAL));
     c.m("addrtype v6 PROHIBIT", V6, any(), addrtype(0, PROHIBIT, 0), err(EINVAL));
