@@ -386,3 +386,80 @@ fn golden_captures_are_current() {
     }
     assert_eq!(fresh.lines().count(), stored.lines().count());
 }
+
+/// GET_ENTRIES gives back what the kernel gives back: payload bytes past each extension's
+/// user-visible size (alignment padding, kernel-private state) read as zeroes, the rest as set.
+#[test]
+fn read_back_hides_what_the_kernel_hides() {
+    use translator::ext;
+    use translator::kernel::Netns;
+    let Some(s) = scratch_or_skip("read_back_hides_what_the_kernel_hides") else {
+        return;
+    };
+    // (name, revision, payload size, user-visible size, protocol)
+    let objs: &[(&str, u8, usize, usize, u16)] = &[
+        ("tcp", 0, 16, 12, 6),
+        ("udp", 0, 16, 10, 17),
+        ("length", 0, 8, 6, 0),
+        ("mark", 1, 16, 12, 0),
+        ("limit", 0, 40, 8, 0),
+        ("statistic", 0, 24, 16, 0),
+        ("quota", 0, 24, 16, 0),
+        ("comment", 0, 256, 256, 0),
+    ];
+    for f in FAMILIES {
+        let mut t = Table::new(f, "filter");
+        for &(name, rev, size, visible, proto) in objs {
+            let mut payload = vec![0u8; size];
+            // A valid payload: zero where the kernel looks, garbage where it does not.
+            payload[visible..].fill(0xaa);
+            if name == "limit" {
+                payload[..8].copy_from_slice(&[16, 39, 0, 0, 5, 0, 0, 0]);
+            }
+            let m = xt_obj(name, rev, &payload);
+            let rule = Rule {
+                ip: if proto != 0 {
+                    Ip::proto(f, proto)
+                } else {
+                    Ip::default()
+                },
+                matches: vec![m],
+                action: Action::Target(xt_obj(
+                    "",
+                    0,
+                    &[0xfe, 0xff, 0xff, 0xff, 0xaa, 0xaa, 0xaa, 0xaa],
+                )),
+            };
+            t = t.rule(Hook::LocalIn, rule);
+        }
+        let (mut hdr, blob) = t.build();
+        s.check_replace(f, &hdr, &blob)
+            .unwrap_or_else(|e| panic!("{f}: the kernel refused the table: errno {e}"));
+        let theirs = s.get_entries(f, "filter").unwrap();
+
+        let mut ns = Netns::default();
+        let mut getinfo = vec![0u8; abi::GETINFO_SIZE];
+        abi::put_c_str(&mut getinfo[..abi::TABLE_MAXNAMELEN], b"filter");
+        let (info, _) = ns.get_info(f, &getinfo).unwrap();
+        hdr.num_counters = abi::GetInfo::parse(&info).unwrap().num_entries;
+        let mut req = hdr.emit();
+        req.extend_from_slice(&blob);
+        let r = ns.prepare_replace(f, &req, &ext::Registry).unwrap();
+        ns.install(r.table);
+        let mut ge = vec![0u8; abi::GET_ENTRIES_HDR];
+        abi::put_c_str(&mut ge[..abi::TABLE_MAXNAMELEN], b"filter");
+        ge[32..36].copy_from_slice(&(blob.len() as u32).to_ne_bytes());
+        let (ours, _) = ns
+            .get_entries(f, &ge, abi::GET_ENTRIES_HDR + blob.len(), &ext::usersize)
+            .unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        if let Some(i) = ours.iter().zip(&theirs).position(|(a, b)| a != b) {
+            panic!("{f}: GET_ENTRIES differs from the kernel's at byte {i}: ours {:02x?}, kernel {:02x?}", &ours[i - 6..i + 40], &theirs[i - 6..i + 40]);
+        }
+        // The test means something only if the kernel hid some of the garbage.
+        assert!(
+            theirs.iter().filter(|&&b| b == 0xaa).count()
+                < blob.iter().filter(|&&b| b == 0xaa).count()
+        );
+    }
+}
