@@ -399,3 +399,171 @@ pub fn usersize(family: Family, is_target: bool, name: &[u8], revision: u8) -> O
     let kind = if is_target { Kind::Target } else { Kind::Match };
     registry::find_for(family, kind, name, revision).map(|i| i.user_visible())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every (family, name, revision) with a typed value, and its payload size.
+    const TYPED: &[(Family, Kind, &str, u8, usize)] = &[
+        (Family::V4, Kind::Match, "tcp", 0, 16),
+        (Family::V6, Kind::Match, "udp", 0, 16),
+        (Family::V4, Kind::Match, "udplite", 0, 16),
+        (Family::V4, Kind::Match, "icmp", 0, 8),
+        (Family::V6, Kind::Match, "icmp6", 0, 8),
+        (Family::V4, Kind::Match, "multiport", 0, 32),
+        (Family::V6, Kind::Match, "multiport", 1, 48),
+        (Family::V4, Kind::Match, "iprange", 1, 72),
+        (Family::V6, Kind::Match, "iprange", 1, 72),
+        (Family::V6, Kind::Match, "addrtype", 1, 8),
+        (Family::V4, Kind::Match, "conntrack", 1, 152),
+        (Family::V6, Kind::Match, "conntrack", 2, 160),
+        (Family::V4, Kind::Match, "conntrack", 3, 168),
+        (Family::V6, Kind::Match, "conntrack", 3, 168),
+        (Family::V4, Kind::Match, "state", 0, 8),
+        (Family::V4, Kind::Match, "comment", 0, 256),
+        (Family::V4, Kind::Match, "mark", 1, 16),
+        (Family::V4, Kind::Match, "length", 0, 8),
+        (Family::V4, Kind::Match, "ttl", 0, 8),
+        (Family::V6, Kind::Match, "hl", 0, 8),
+        (Family::V4, Kind::Match, "limit", 0, 40),
+        (Family::V4, Kind::Match, "statistic", 0, 24),
+        (Family::V4, Kind::Target, "", 0, 8),
+        (Family::V6, Kind::Target, "ERROR", 0, 32),
+        (Family::V4, Kind::Target, "REJECT", 0, 8),
+        (Family::V6, Kind::Target, "REJECT", 0, 8),
+        (Family::V4, Kind::Target, "LOG", 0, 32),
+        (Family::V4, Kind::Target, "MARK", 2, 8),
+        (Family::V4, Kind::Target, "DNAT", 0, 24),
+        (Family::V4, Kind::Target, "SNAT", 1, 40),
+        (Family::V6, Kind::Target, "DNAT", 2, 48),
+        (Family::V4, Kind::Target, "MASQUERADE", 0, 24),
+        (Family::V6, Kind::Target, "REDIRECT", 0, 40),
+    ];
+
+    /// xorshift64: reproducible bytes without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn byte(&mut self) -> u8 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 24) as u8
+        }
+    }
+
+    fn parse(f: Family, k: Kind, name: &str, rev: u8, data: &[u8]) -> Result<Vec<u8>, ParseError> {
+        match k {
+            Kind::Match => Match::parse(f, name, rev, data).map(|m| {
+                assert!(!matches!(m, Match::Other { .. }), "{name}.{rev}: not typed");
+                m.emit()
+            }),
+            Kind::Target => Target::parse(f, name, rev, data).map(|t| {
+                assert!(
+                    !matches!(t, Target::Other { .. }),
+                    "{name}.{rev}: not typed"
+                );
+                t.emit()
+            }),
+        }
+    }
+
+    /// Any bytes of any length: a typed value that emits the same bytes, or an error; no panic.
+    #[test]
+    fn arbitrary_payloads_parse_exactly_or_fail() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for &(f, k, name, rev, size) in TYPED {
+            let mut typed = 0;
+            for round in 0..2000 {
+                let len = match round % 3 {
+                    0 => rng.byte() as usize % (size + 16),
+                    _ => size,
+                };
+                // Mostly zero bytes with a few set, so that some payloads are canonical.
+                let density = round % 8;
+                let data: Vec<u8> = (0..len)
+                    .map(|_| {
+                        if (rng.byte() as usize % 8) < density.min(1) + density / 4 {
+                            rng.byte()
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                if let Ok(out) = parse(f, k, name, rev, &data) {
+                    assert_eq!(out, data, "{f} {name}.{rev}");
+                    typed += 1;
+                }
+            }
+            assert!(typed > 0, "{f} {name}.{rev}: no payload parsed");
+            assert!(
+                matches!(
+                    parse(f, k, name, rev, &vec![0; size + 8]),
+                    Err(ParseError::Size { .. })
+                ),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_extensions_are_kept_as_other() {
+        let data = vec![1, 2, 3, 4, 5, 6, 7, 8];
+        let m = Match::parse(Family::V4, "u32", 0, &data).unwrap();
+        assert_eq!(m.emit(), data);
+        assert_eq!((m.name(), m.revision()), ("u32", 0));
+        // A known name at a revision without a typed value, and one in the wrong family.
+        assert!(matches!(
+            Match::parse(Family::V4, "tcp", 1, &data),
+            Ok(Match::Other { .. })
+        ));
+        assert!(matches!(
+            Match::parse(Family::V6, "icmp", 0, &data),
+            Ok(Match::Other { .. })
+        ));
+        assert!(matches!(
+            Target::parse(Family::V6, "MASQUERADE", 1, &data),
+            Ok(Target::Other { .. })
+        ));
+        // A typed extension whose payload is not a typed value.
+        let bad = Match::parse_or_other(Family::V4, "tcp", 0, &[0xff; 16]);
+        assert!(matches!(bad, Match::Other { .. }));
+        assert_eq!(bad.emit(), vec![0xff; 16]);
+    }
+
+    #[test]
+    fn usersize_is_the_visible_part() {
+        assert_eq!(usersize(Family::V4, false, b"tcp", 0), Some(12));
+        assert_eq!(usersize(Family::V6, false, b"limit", 0), Some(8));
+        assert_eq!(usersize(Family::V4, true, b"", 0), Some(4));
+        assert_eq!(usersize(Family::V4, true, b"ERROR", 0), Some(30));
+        assert_eq!(usersize(Family::V6, false, b"icmp", 0), None);
+        assert_eq!(usersize(Family::V4, false, b"nonesuch", 0), None);
+    }
+
+    #[test]
+    fn lookup_falls_back_to_unspec_and_keeps_its_errno() {
+        use registry::lookup;
+        let field = |n: &str| {
+            let mut f = [0u8; 29];
+            f[..n.len()].copy_from_slice(n.as_bytes());
+            f
+        };
+        // "icmp" exists for IPv4 only: another revision is ENOENT, not EPROTOTYPE.
+        assert_eq!(
+            lookup(Family::V4, Kind::Match, &field("icmp"), 1).map(|_| ()),
+            Err(libc::ENOENT)
+        );
+        // "conntrack" is NFPROTO_UNSPEC: revision 0 is EPROTOTYPE.
+        assert_eq!(
+            lookup(Family::V6, Kind::Match, &field("conntrack"), 0).map(|_| ()),
+            Err(libc::EPROTOTYPE)
+        );
+        assert_eq!(
+            lookup(Family::V4, Kind::Match, &[b'a'; 29], 0).map(|_| ()),
+            Err(libc::EINVAL)
+        );
+        let e = lookup(Family::V6, Kind::Target, &field("SNAT"), 2).unwrap();
+        assert_eq!((e.family, e.size), (NfProto::Unspec, 44));
+    }
+}
