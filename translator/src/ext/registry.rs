@@ -187,6 +187,7 @@ impl ExtInfo {
 
 /// The registrations, as `xt_register_match(es)`/`xt_register_target(s)` make them. Each row
 /// names the payload struct and the kernel file.
+#[rustfmt::skip]
 pub static EXTENSIONS: &[ExtInfo] = &[
     // int; ip_tables.c
     t("", 0, V4, 4).no_checkentry(),
@@ -197,10 +198,7 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct ipt_ECN_info; ipt_ECN.c
     t("ECN", 0, V4, 3).table("mangle"),
     // struct ipt_reject_info; ipt_REJECT.c
-    t("REJECT", 0, V4, 4)
-        .table("filter")
-        .hooks(IN | FWD | OUT)
-        .native(reject::check_v4),
+    t("REJECT", 0, V4, 4).table("filter").hooks(IN | FWD | OUT).native(reject::check_v4),
     // struct xt_synproxy_info; ipt_SYNPROXY.c
     t("SYNPROXY", 0, V4, 4).hooks(IN | FWD),
     // struct ipt_ah; ipt_ah.c
@@ -212,24 +210,13 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // XT_FUNCTION_MAXNAMELEN; ip6_tables.c
     t("ERROR", 0, V6, 30).no_checkentry(),
     // struct ip6t_icmp; ip6_tables.c
-    m("icmp6", 0, V6, 4)
-        .proto(ICMPV6)
-        .native(tcpudp::check_icmp),
+    m("icmp6", 0, V6, 4).proto(ICMPV6).native(tcpudp::check_icmp),
     // struct ip6t_npt_tginfo; ip6t_NPT.c
-    t("SNPT", 0, V6, 36)
-        .usersize(34)
-        .table("mangle")
-        .hooks(IN | POST),
+    t("SNPT", 0, V6, 36).usersize(34).table("mangle").hooks(IN | POST),
     // struct ip6t_npt_tginfo; ip6t_NPT.c
-    t("DNPT", 0, V6, 36)
-        .usersize(34)
-        .table("mangle")
-        .hooks(PRE | OUT),
+    t("DNPT", 0, V6, 36).usersize(34).table("mangle").hooks(PRE | OUT),
     // struct ip6t_reject_info; ip6t_REJECT.c
-    t("REJECT", 0, V6, 4)
-        .table("filter")
-        .hooks(IN | FWD | OUT)
-        .native(reject::check_v6),
+    t("REJECT", 0, V6, 4).table("filter").hooks(IN | FWD | OUT).native(reject::check_v6),
     // struct xt_synproxy_info; ip6t_SYNPROXY.c
     t("SYNPROXY", 0, V6, 4).hooks(IN | FWD),
     // struct ip6t_ah; ip6t_ah.c
@@ -261,13 +248,9 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct xt_CHECKSUM_info; xt_CHECKSUM.c
     t("CHECKSUM", 0, V6, 1).table("mangle"),
     // struct xt_classify_target_info; xt_CLASSIFY.c
-    t("CLASSIFY", 0, V4, 4)
-        .hooks(OUT | FWD | POST)
-        .no_checkentry(),
+    t("CLASSIFY", 0, V4, 4).hooks(OUT | FWD | POST).no_checkentry(),
     // struct xt_classify_target_info; xt_CLASSIFY.c
-    t("CLASSIFY", 0, V6, 4)
-        .hooks(OUT | FWD | POST)
-        .no_checkentry(),
+    t("CLASSIFY", 0, V6, 4).hooks(OUT | FWD | POST).no_checkentry(),
     // struct xt_connsecmark_target_info; xt_CONNSECMARK.c
     t("CONNSECMARK", 0, V4, 1),
     // struct xt_connsecmark_target_info; xt_CONNSECMARK.c
@@ -317,23 +300,13 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct xt_log_info; xt_LOG.c
     t("LOG", 0, V6, 32).native(log::check),
     // struct nf_nat_range; xt_MASQUERADE.c
-    t("MASQUERADE", 0, V6, 40)
-        .table("nat")
-        .hooks(POST)
-        .native(nat::check_range_no_map_ips),
+    t("MASQUERADE", 0, V6, 40).table("nat").hooks(POST).native(nat::check_range_no_map_ips),
     // struct nf_nat_ipv4_multi_range_compat; xt_MASQUERADE.c
-    t("MASQUERADE", 0, V4, 20)
-        .table("nat")
-        .hooks(POST)
-        .native(nat::check_compat),
+    t("MASQUERADE", 0, V4, 20).table("nat").hooks(POST).native(nat::check_compat),
     // struct nf_nat_range; xt_NETMAP.c
-    t("NETMAP", 0, V6, 40)
-        .table("nat")
-        .hooks(PRE | POST | OUT | IN),
+    t("NETMAP", 0, V6, 40).table("nat").hooks(PRE | POST | OUT | IN),
     // struct nf_nat_ipv4_multi_range_compat; xt_NETMAP.c
-    t("NETMAP", 0, V4, 20)
-        .table("nat")
-        .hooks(PRE | POST | OUT | IN),
+    t("NETMAP", 0, V4, 20).table("nat").hooks(PRE | POST | OUT | IN),
     // struct xt_nflog_info; xt_NFLOG.c
     t("NFLOG", 0, V4, 76),
     // struct xt_nflog_info; xt_NFLOG.c
@@ -351,15 +324,9 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct xt_rateest_target_info; xt_RATEEST.c
     t("RATEEST", 0, V6, 32).usersize(24),
     // struct nf_nat_range; xt_REDIRECT.c
-    t("REDIRECT", 0, V6, 40)
-        .table("nat")
-        .hooks(PRE | OUT)
-        .native(nat::check_range_no_map_ips),
+    t("REDIRECT", 0, V6, 40).table("nat").hooks(PRE | OUT).native(nat::check_range_no_map_ips),
     // struct nf_nat_ipv4_multi_range_compat; xt_REDIRECT.c
-    t("REDIRECT", 0, V4, 20)
-        .table("nat")
-        .hooks(PRE | OUT)
-        .native(nat::check_compat),
+    t("REDIRECT", 0, V4, 20).table("nat").hooks(PRE | OUT).native(nat::check_compat),
     // struct xt_secmark_target_info; xt_SECMARK.c
     t("SECMARK", 0, V4, 264),
     // struct xt_secmark_target_info_v1; xt_SECMARK.c
@@ -373,15 +340,9 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct xt_tcpmss_info; xt_TCPMSS.c
     t("TCPMSS", 0, V6, 2).proto(TCP),
     // struct xt_tcpoptstrip_target_info; xt_TCPOPTSTRIP.c
-    t("TCPOPTSTRIP", 0, V4, 32)
-        .table("mangle")
-        .proto(TCP)
-        .no_checkentry(),
+    t("TCPOPTSTRIP", 0, V4, 32).table("mangle").proto(TCP).no_checkentry(),
     // struct xt_tcpoptstrip_target_info; xt_TCPOPTSTRIP.c
-    t("TCPOPTSTRIP", 0, V6, 32)
-        .table("mangle")
-        .proto(TCP)
-        .no_checkentry(),
+    t("TCPOPTSTRIP", 0, V6, 32).table("mangle").proto(TCP).no_checkentry(),
     // struct xt_tee_tginfo; xt_TEE.c
     t("TEE", 1, V4, 40).usersize(32),
     // struct xt_tee_tginfo; xt_TEE.c
@@ -409,13 +370,9 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct xt_cgroup_info_v0; xt_cgroup.c
     m("cgroup", 0, ANY, 8).hooks(OUT | POST | IN),
     // struct xt_cgroup_info_v1; xt_cgroup.c
-    m("cgroup", 1, ANY, 4112)
-        .usersize(4104)
-        .hooks(OUT | POST | IN),
+    m("cgroup", 1, ANY, 4112).usersize(4104).hooks(OUT | POST | IN),
     // struct xt_cgroup_info_v2; xt_cgroup.c
-    m("cgroup", 2, ANY, 528)
-        .usersize(520)
-        .hooks(OUT | POST | IN),
+    m("cgroup", 2, ANY, 528).usersize(520).hooks(OUT | POST | IN),
     // struct xt_cluster_match_info; xt_cluster.c
     m("cluster", 0, V4, 16),
     // struct xt_cluster_match_info; xt_cluster.c
@@ -506,9 +463,7 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct xt_length_info; xt_length.c
     m("length", 0, V6, 6).no_checkentry(),
     // struct xt_rateinfo; xt_limit.c
-    m("limit", 0, ANY, 40)
-        .usersize(8)
-        .partial(meta::check_limit),
+    m("limit", 0, ANY, 40).usersize(8).partial(meta::check_limit),
     // struct xt_mac_info; xt_mac.c
     m("mac", 0, V4, 12).hooks(PRE | IN | FWD).no_checkentry(),
     // struct xt_mac_info; xt_mac.c
@@ -524,44 +479,23 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct xt_multiport_v1; xt_multiport.c
     m("multiport", 1, V6, 48).native(multiport::check),
     // struct nf_nat_ipv4_multi_range_compat; xt_nat.c
-    t("SNAT", 0, V4, 20)
-        .table("nat")
-        .hooks(POST | IN)
-        .native(nat::check_nat_v0),
+    t("SNAT", 0, V4, 20).table("nat").hooks(POST | IN).native(nat::check_nat_v0),
     // struct nf_nat_ipv4_multi_range_compat; xt_nat.c
-    t("DNAT", 0, V4, 20)
-        .table("nat")
-        .hooks(PRE | OUT)
-        .native(nat::check_nat_v0),
+    t("DNAT", 0, V4, 20).table("nat").hooks(PRE | OUT).native(nat::check_nat_v0),
     // struct nf_nat_range; xt_nat.c
-    t("SNAT", 1, ANY, 40)
-        .table("nat")
-        .hooks(POST | IN)
-        .native(nat::check_nat),
+    t("SNAT", 1, ANY, 40).table("nat").hooks(POST | IN).native(nat::check_nat),
     // struct nf_nat_range; xt_nat.c
-    t("DNAT", 1, ANY, 40)
-        .table("nat")
-        .hooks(PRE | OUT)
-        .native(nat::check_nat),
+    t("DNAT", 1, ANY, 40).table("nat").hooks(PRE | OUT).native(nat::check_nat),
     // struct nf_nat_range2; xt_nat.c
-    t("SNAT", 2, ANY, 44)
-        .table("nat")
-        .hooks(POST | IN)
-        .native(nat::check_nat),
+    t("SNAT", 2, ANY, 44).table("nat").hooks(POST | IN).native(nat::check_nat),
     // struct nf_nat_range2; xt_nat.c
-    t("DNAT", 2, ANY, 44)
-        .table("nat")
-        .hooks(PRE | OUT)
-        .native(nat::check_nat),
+    t("DNAT", 2, ANY, 44).table("nat").hooks(PRE | OUT).native(nat::check_nat),
     // struct xt_nfacct_match_info; xt_nfacct.c
     m("nfacct", 0, ANY, 40).usersize(32),
     // struct xt_nfacct_match_info_v1; xt_nfacct.c
     m("nfacct", 1, ANY, 40).usersize(32),
     // struct xt_osf_info; xt_osf.c
-    m("osf", 0, V4, 48)
-        .hooks(IN | PRE | FWD)
-        .proto(TCP)
-        .no_checkentry(),
+    m("osf", 0, V4, 48).hooks(IN | PRE | FWD).proto(TCP).no_checkentry(),
     // struct xt_owner_match_info; xt_owner.c
     m("owner", 1, V4, 20).hooks(OUT | POST),
     // struct xt_owner_match_info; xt_owner.c
@@ -581,9 +515,7 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct xt_rateest_match_info; xt_rateest.c
     m("rateest", 0, ANY, 72).usersize(56),
     // struct xt_realm_info; xt_realm.c
-    m("realm", 0, V4, 12)
-        .hooks(POST | FWD | OUT | IN)
-        .no_checkentry(),
+    m("realm", 0, V4, 12).hooks(POST | FWD | OUT | IN).no_checkentry(),
     // struct xt_recent_mtinfo; xt_recent.c
     m("recent", 0, V4, 212),
     // struct xt_recent_mtinfo; xt_recent.c
@@ -645,9 +577,7 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct xt_state_info; xt_state.c
     m("state", 0, ANY, 4).native(conntrack::check),
     // struct xt_statistic_info; xt_statistic.c
-    m("statistic", 0, ANY, 24)
-        .usersize(16)
-        .native(meta::check_statistic),
+    m("statistic", 0, ANY, 24).usersize(16).native(meta::check_statistic),
     // struct xt_string_info; xt_string.c
     m("string", 1, ANY, 160).usersize(152),
     // struct xt_tcpmss_match_info; xt_tcpmss.c
@@ -663,13 +593,9 @@ pub static EXTENSIONS: &[ExtInfo] = &[
     // struct xt_udp; xt_tcpudp.c
     m("udp", 0, V6, 10).proto(UDP).native(tcpudp::check_udp),
     // struct xt_udp; xt_tcpudp.c
-    m("udplite", 0, V4, 10)
-        .proto(UDPLITE)
-        .native(tcpudp::check_udp),
+    m("udplite", 0, V4, 10).proto(UDPLITE).native(tcpudp::check_udp),
     // struct xt_udp; xt_tcpudp.c
-    m("udplite", 0, V6, 10)
-        .proto(UDPLITE)
-        .native(tcpudp::check_udp),
+    m("udplite", 0, V6, 10).proto(UDPLITE).native(tcpudp::check_udp),
     // struct xt_time_info; xt_time.c
     m("time", 0, ANY, 24),
     // struct xt_u32; xt_u32.c
