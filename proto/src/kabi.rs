@@ -151,6 +151,7 @@ pub fn kernel_written_ranges(family: i32, blob: &[u8]) -> Vec<std::ops::Range<us
             Some(sz) if sz >= XT_HDR && t + sz <= n => objs.push((pos + t, sz)),
             _ => return whole(blob.len()),
         }
+        let mut end = pos;
         for (start, sz) in objs {
             let name = &blob[start + 2..start + 2 + EXTENSION_MAXNAMELEN];
             let nul = name
@@ -160,10 +161,10 @@ pub fn kernel_written_ranges(family: i32, blob: &[u8]) -> Vec<std::ops::Range<us
             push(cur..start + 2 + nul + 1, &mut out);
             // Revision byte and data.
             cur = start + 2 + EXTENSION_MAXNAMELEN;
-            let _ = sz;
+            end = start + sz;
         }
-        cur = cur.max(pos);
-        push(cur..pos + n, &mut out);
+        // Bytes between the target's end and the next entry are not written either.
+        push(cur..end, &mut out);
         pos += n;
     }
     out
@@ -212,6 +213,18 @@ mod tests {
         // name "" -> only the NUL at 114 is written; 115..143 are skipped.
         let r = kernel_written_ranges(libc::AF_INET, &e);
         assert_eq!(r, vec![0..115, 143..152]);
+    }
+
+    #[test]
+    fn gap_after_the_target_is_not_written() {
+        // header (112), an "ERROR"-named 64-byte target, 8 spare bytes before the next entry.
+        let mut e = vec![0u8; 184];
+        e[88..90].copy_from_slice(&112u16.to_ne_bytes());
+        e[90..92].copy_from_slice(&184u16.to_ne_bytes());
+        e[112..114].copy_from_slice(&64u16.to_ne_bytes());
+        e[114..119].copy_from_slice(b"ERROR");
+        let r = kernel_written_ranges(libc::AF_INET, &e);
+        assert_eq!(r, vec![0..120, 143..176]);
     }
 
     #[test]
