@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use bpfipt_proto::kabi;
+
 use crate::abi::{self, Counters, CountersInfo, Family, GetInfo, ReplaceHdr, NUMHOOKS};
 use crate::check::{self, Errno, ExtCheck};
 
@@ -30,6 +32,11 @@ pub const KNOWN_TABLES: [(&str, u32); 5] = [
 
 /// The user-visible payload size of an extension: (family, is_target, name, revision).
 pub type UsersizeFn<'a> = &'a dyn Fn(Family, bool, &[u8], u8) -> Option<usize>;
+
+/// Decides the extensions `check` does not model, as the kernel would for this replace header
+/// and entry table (the daemon asks the kernel in a scratch namespace): the kernel's errno, or
+/// Ok when the kernel would go on to look the table up.
+pub type KernelCheck<'a> = &'a mut dyn FnMut(&ReplaceHdr, &[u8]) -> Result<(), Errno>;
 
 /// One table as the kernel keeps it (`xt_table` + `xt_table_info`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +58,9 @@ impl Table {
     /// The kernel's initial table (`xt_alloc_initial_table` then `translate_table`).
     pub fn initial(family: Family, name: &str, valid_hooks: u32) -> Table {
         let mut blob = Vec::new();
-        let mut hook_entry = [0u32; NUMHOOKS];
-        let mut underflow = [0u32; NUMHOOKS];
+        // Hooks the table does not have keep translate_table's "impossible value".
+        let mut hook_entry = [u32::MAX; NUMHOOKS];
+        let mut underflow = [u32::MAX; NUMHOOKS];
         let mut comefrom = Vec::new();
         for h in 0..NUMHOOKS {
             if valid_hooks & (1 << h) == 0 {
@@ -147,7 +155,7 @@ pub struct Replaced {
     pub old_counters: Vec<Counters>,
     /// The old table, for diffing.
     pub old: Table,
-    /// Some extension was not checked here; the kernel must check the table (see `oracle`).
+    /// Some extension was not modeled here and the kernel check decided it (see `oracle`).
     pub needs_kernel_check: bool,
 }
 
@@ -240,27 +248,60 @@ impl Netns {
         Ok((t.entries_for_user(usersize), created))
     }
 
-    /// IPT_SO_SET_REPLACE, up to the point of no return: validates and builds the new table
-    /// without changing `self`. The caller commits with [`Netns::install`].
-    pub fn prepare_replace(
+    /// IPT_SO_GET_INFO as `getsockopt` sees it: `optlen` is the caller's length, `buf` holds at
+    /// least the bytes the kernel reads (the table name).
+    pub fn getsockopt_info(
         &mut self,
         f: Family,
-        data: &[u8],
+        optlen: usize,
+        buf: &[u8],
+    ) -> Result<(Vec<u8>, bool), Errno> {
+        let n = kabi::get_info_read_len(optlen)?;
+        self.get_info(f, buf.get(..n).ok_or(libc::EFAULT)?)
+    }
+
+    /// IPT_SO_GET_ENTRIES as `getsockopt` sees it (see [`Netns::getsockopt_info`]).
+    pub fn getsockopt_entries(
+        &mut self,
+        f: Family,
+        optlen: usize,
+        buf: &[u8],
+        usersize: UsersizeFn,
+    ) -> Result<(Vec<u8>, bool), Errno> {
+        let n = kabi::get_entries_read_len(optlen)?;
+        self.get_entries(f, buf.get(..n).ok_or(libc::EFAULT)?, optlen, usersize)
+    }
+
+    /// IPT_SO_SET_REPLACE in the order of `do_replace`, up to the point of no return: `optlen`
+    /// is the caller's length, `buf` holds at least the header and the `size` bytes the kernel
+    /// copies. Extensions `ext` does not model are handed to `kernel_check` where the kernel
+    /// checks them, before the table lookup, so that their errno wins over the lookup's. The
+    /// table is not replaced; the caller commits with [`Netns::install`].
+    pub fn setsockopt_replace(
+        &mut self,
+        f: Family,
+        optlen: usize,
+        buf: &[u8],
         ext: &dyn ExtCheck,
+        kernel_check: KernelCheck,
     ) -> Result<Replaced, Errno> {
+        if optlen < abi::REPLACE_HDR {
+            return Err(libc::EINVAL);
+        }
+        let raw = buf.get(..abi::REPLACE_HDR).ok_or(libc::EFAULT)?;
+        let size = kabi::replace_body_len(raw, optlen)?;
+        let data = buf.get(..abi::REPLACE_HDR + size).ok_or(libc::EFAULT)?;
         let hdr = ReplaceHdr::parse(data).ok_or(libc::EINVAL)?;
-        if hdr.num_counters as u64 >= (i32::MAX as u64) / abi::COUNTERS_SIZE as u64 {
+        let body = &data[abi::REPLACE_HDR..];
+        let tr = check::translate(f, &hdr, body, ext)?;
+        if tr.needs_kernel_check {
+            kernel_check(&hdr, body)?;
+        }
+        // __do_replace: the old counters' array (xt_counters_alloc refuses more than
+        // XT_MAX_TABLE_SIZE bytes), the table, "You lied!", the counter-count race check.
+        if hdr.num_counters as u64 * abi::COUNTERS_SIZE as u64 > kabi::XT_MAX_TABLE_SIZE {
             return Err(libc::ENOMEM);
         }
-        if hdr.num_counters == 0 {
-            return Err(libc::EINVAL);
-        }
-        let body = &data[abi::REPLACE_HDR..];
-        if (body.len() as u64) < hdr.size as u64 {
-            return Err(libc::EINVAL);
-        }
-        let tr = check::translate(f, &hdr, body, ext)?;
-        // __do_replace: find the table, then "You lied!" and the counter-count race check.
         let (old, _) = self.find_table(f, &hdr.name)?;
         if hdr.valid_hooks != old.valid_hooks {
             return Err(libc::EINVAL);
@@ -296,9 +337,21 @@ impl Netns {
         ft.tables.insert(table.name.clone(), table);
     }
 
-    /// IPT_SO_SET_ADD_COUNTERS: validates and returns the table with the counters added,
-    /// without changing `self`.
-    pub fn prepare_add_counters(&mut self, f: Family, data: &[u8]) -> Result<Table, Errno> {
+    /// IPT_SO_SET_ADD_COUNTERS in the order of `do_add_counters` (`optlen` and `buf` as in
+    /// [`Netns::setsockopt_replace`]): validates and returns the table with the counters
+    /// added, without changing `self`.
+    pub fn setsockopt_add_counters(
+        &mut self,
+        f: Family,
+        optlen: usize,
+        buf: &[u8],
+    ) -> Result<Table, Errno> {
+        if optlen <= abi::COUNTERS_INFO_HDR {
+            return Err(libc::EINVAL);
+        }
+        let raw = buf.get(..abi::COUNTERS_INFO_HDR).ok_or(libc::EFAULT)?;
+        let n = kabi::add_counters_body_len(raw, optlen)?;
+        let data = buf.get(..abi::COUNTERS_INFO_HDR + n).ok_or(libc::EFAULT)?;
         let info = CountersInfo::parse(data).ok_or(libc::EINVAL)?;
         let add = abi::parse_counters(&data[abi::COUNTERS_INFO_HDR..]);
         if add.len() as u64 != info.num_counters as u64 {
@@ -343,8 +396,9 @@ mod tests {
     fn initial_filter_info_matches_kernel_layout() {
         let t = Table::initial(Family::V4, "filter", 0b01110);
         let i = t.info();
-        assert_eq!(i.hook_entry, [0, 0, 152, 304, 0]);
-        assert_eq!(i.underflow, [0, 0, 152, 304, 0]);
+        // GET_INFO of a fresh namespace's filter table.
+        assert_eq!(i.hook_entry, [u32::MAX, 0, 152, 304, u32::MAX]);
+        assert_eq!(i.underflow, [u32::MAX, 0, 152, 304, u32::MAX]);
         assert_eq!(i.num_entries, 4);
         assert_eq!(i.size, 3 * 152 + 176);
     }
