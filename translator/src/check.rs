@@ -22,10 +22,7 @@ use crate::abi::{self, Entry, Family, ReplaceHdr, NUMHOOKS};
 /// An errno value (positive).
 pub type Errno = i32;
 
-/// `sizeof(struct xt_table_info)`: the kernel refuses tables whose size plus this reaches
-/// `XT_MAX_TABLE_SIZE` (512 MiB) with ENOMEM.
-const XT_TABLE_INFO_SIZE: u64 = 64;
-const XT_MAX_TABLE_SIZE: u64 = 512 * 1024 * 1024;
+use bpfipt_proto::kabi::{XT_MAX_TABLE_SIZE, XT_TABLE_INFO_SIZE};
 
 /// The result of a successful translation: what the kernel keeps in `xt_table_info`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,20 +142,27 @@ fn verdict_ok(v: i32) -> bool {
         )
 }
 
+/// The standard target's verdict as the kernel reads it: at its fixed place after the target
+/// header, whatever the target's `target_size` says (a standard target too short for it still
+/// passes `xt_check_entry_offsets`, and fails only in step 4).
+fn std_verdict(e: &Entry<'_>) -> i32 {
+    let at = e.target_offset() + abi::XT_HDR;
+    e.bytes
+        .get(at..at + 4)
+        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+fn is_standard(e: &Entry<'_>) -> bool {
+    e.target()
+        .is_some_and(|t| t.name() == abi::STANDARD_TARGET.as_bytes())
+}
+
 /// `check_underflow`: an unconditional standard ACCEPT or DROP.
 fn check_underflow(e: &Entry<'_>) -> bool {
-    if !e.unconditional() {
-        return false;
-    }
-    match e.target() {
-        Some(t) if t.name() == abi::STANDARD_TARGET.as_bytes() => {
-            matches!(
-                t.verdict(),
-                Some(abi::VERDICT_ACCEPT) | Some(abi::VERDICT_DROP)
-            )
-        }
-        _ => false,
-    }
+    e.unconditional()
+        && is_standard(e)
+        && matches!(std_verdict(e), abi::VERDICT_ACCEPT | abi::VERDICT_DROP)
 }
 
 /// `xt_check_table_hooks`.
@@ -221,9 +225,8 @@ fn mark_source_chains(
                 return None;
             }
             comefrom[i] |= (1 << hook) | BACK;
-            let t = e.target()?;
-            let is_std = t.name() == abi::STANDARD_TARGET.as_bytes();
-            let verdict = t.verdict().unwrap_or(0);
+            let is_std = is_standard(&e);
+            let verdict = std_verdict(&e);
             if (e.unconditional() && is_std && verdict < 0) || visited {
                 // Return: backtrack through the last big jump.
                 loop {
@@ -289,6 +292,10 @@ pub fn translate(
     let size = hdr.size as usize;
     if blob.len() < size {
         return Err(libc::EFAULT);
+    }
+    // xt_alloc_entry_offsets, before any entry is looked at.
+    if hdr.num_entries as u64 > XT_MAX_TABLE_SIZE / 4 {
+        return Err(libc::ENOMEM);
     }
     let mut blob = blob[..size].to_vec();
     let esz = family.entry_size();
@@ -366,10 +373,10 @@ pub fn translate(
         };
         let mut verdicts = e
             .matches()
-            .map(|m| ext.check_match(&ctx, &m))
+            .map(|m| named(&m).unwrap_or_else(|| ext.check_match(&ctx, &m)))
             .collect::<Vec<_>>();
         if let Some(t) = e.target() {
-            verdicts.push(ext.check_target(&ctx, &t));
+            verdicts.push(named(&t).unwrap_or_else(|| ext.check_target(&ctx, &t)));
         }
         for v in verdicts {
             match v {
@@ -390,6 +397,16 @@ pub fn translate(
         stacksize,
         needs_kernel_check,
     })
+}
+
+/// `xt_request_find_match`/`xt_request_find_target` refuse a name that fills its field without
+/// a NUL (EINVAL) before looking for the extension.
+fn named(obj: &abi::XtObj<'_>) -> Option<ExtVerdict> {
+    if obj.bytes[2..2 + abi::EXTENSION_MAXNAMELEN].contains(&0) {
+        None
+    } else {
+        Some(ExtVerdict::Err(libc::EINVAL))
+    }
 }
 
 /// The ip_tables core extensions only: the standard and ERROR targets (`ipt_builtin_tg`) and
@@ -418,8 +435,10 @@ pub fn builtin_target(t: &abi::XtObj<'_>) -> Option<ExtVerdict> {
     if !is_builtin {
         return None;
     }
+    // Both are registered for the family only: `xt_find_target` notes EPROTOTYPE for the
+    // family's list, then answers with its search of the NFPROTO_UNSPEC list, ENOENT.
     if t.revision() != 0 {
-        return Some(ExtVerdict::Err(libc::EPROTOTYPE));
+        return Some(ExtVerdict::Err(libc::ENOENT));
     }
     if abi::xt_align(size) != t.size() - abi::XT_HDR {
         return Some(ExtVerdict::Err(libc::EINVAL));
