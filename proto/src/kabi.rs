@@ -251,6 +251,48 @@ mod tests {
         assert_eq!(r, vec![0..115, 143..152]);
     }
 
+    fn replace_hdr(size: u32, num_counters: u32) -> Vec<u8> {
+        let mut h = vec![0u8; REPLACE_HDR];
+        h[40..44].copy_from_slice(&size.to_ne_bytes());
+        h[84..88].copy_from_slice(&num_counters.to_ne_bytes());
+        h
+    }
+
+    // The errnos below are the 6.18 kernel's for the same buffers (translator/tests/kernel_diff.rs).
+    #[test]
+    fn replace_lengths_in_do_replace_order() {
+        let big = (512 << 20) - 64;
+        assert_eq!(replace_body_len(&replace_hdr(8, 4), 104), Ok(8));
+        assert_eq!(replace_body_len(&replace_hdr(8, 4), 103), Err(libc::EINVAL));
+        assert_eq!(replace_body_len(&replace_hdr(8, 0), 104), Err(libc::EINVAL));
+        assert_eq!(
+            replace_body_len(&replace_hdr(8, (i32::MAX as u32) / 16), 104),
+            Err(libc::ENOMEM)
+        );
+        // Too big for xt_alloc_table_info, but only once the length covers it.
+        assert_eq!(
+            replace_body_len(&replace_hdr(big, 4), 100),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            replace_body_len(&replace_hdr(big, 4), REPLACE_HDR + big as usize),
+            Err(libc::ENOMEM)
+        );
+    }
+
+    #[test]
+    fn get_lengths() {
+        assert_eq!(get_info_read_len(GETINFO_SIZE), Ok(TABLE_MAXNAMELEN));
+        assert_eq!(get_info_read_len(GETINFO_SIZE + 1), Err(libc::EINVAL));
+        assert_eq!(get_entries_read_len(39), Err(libc::EINVAL));
+        assert_eq!(get_entries_read_len(40), Ok(GET_ENTRIES_HDR));
+        let mut h = vec![0u8; COUNTERS_INFO_HDR];
+        h[32..36].copy_from_slice(&2u32.to_ne_bytes());
+        assert_eq!(add_counters_body_len(&h, 72), Ok(32));
+        assert_eq!(add_counters_body_len(&h, 71), Err(libc::EINVAL));
+        assert_eq!(add_counters_body_len(&h, 40), Err(libc::EINVAL));
+    }
+
     #[test]
     fn malformed_blob_is_copied_whole() {
         let e = vec![0u8; 100];
