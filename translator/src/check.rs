@@ -17,12 +17,12 @@
 //! reported as [`ExtVerdict::Unmodeled`] and the whole step is then left to the kernel (see
 //! `oracle`), which gives the exact errno of the first failing entry.
 
+use bpfipt_proto::kabi::{XT_MAX_TABLE_SIZE, XT_TABLE_INFO_SIZE};
+
 use crate::abi::{self, Entry, Family, ReplaceHdr, NUMHOOKS};
 
 /// An errno value (positive).
 pub type Errno = i32;
-
-use bpfipt_proto::kabi::{XT_MAX_TABLE_SIZE, XT_TABLE_INFO_SIZE};
 
 /// The result of a successful translation: what the kernel keeps in `xt_table_info`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -560,8 +560,7 @@ mod tests {
     }
 
     /// A filter table with `n` rules in INPUT, every tenth jumping to one of `chains` user
-    /// chains (which jump on to the next one), the others conditional ACCEPTs. Returns the
-    /// header, the blob and the offset of INPUT's policy.
+    /// chains (which jump on to the next one), the others conditional ACCEPTs.
     pub(crate) fn big_filter(n: usize, chains: usize) -> (ReplaceHdr, Vec<u8>) {
         let rule = |verdict: i32| {
             let mut e = build::standard_entry(Family::V4, verdict);
