@@ -1584,6 +1584,8 @@ fn emulation_answers_like_the_kernel() {
     // Fixed cases that random ones rarely reach.
     early_checks(&mut w, &initial);
     directed_cases(&mut w, &initial);
+    let tally = std::mem::take(&mut w.tally);
+    w.tally = fresh_namespace_cases(&initial, tally);
 
     let t = &w.tally;
     let asked: Vec<String> = w
@@ -1961,4 +1963,71 @@ fn directed_cases(w: &mut World, initial: &BTreeMap<(Family, String), Base>) {
             }
         }
     }
+}
+
+/// First calls in a namespace where no table exists yet: every option finds its table by
+/// instantiating it (`xt_find_table_lock` since 5.x), then answers as for an existing one.
+fn fresh_namespace_cases(initial: &BTreeMap<(Family, String), Base>, tally: Tally) -> Tally {
+    let mut w = World {
+        k: Kernel {
+            s: Scratch::new().expect("scratch namespace"),
+        },
+        emus: vec![
+            Emu::new("daemon", Box::new(ext::Registry)),
+            Emu::new("core", Box::new(CoreOnly)),
+        ],
+        tally,
+    };
+    let base = |f: Family, t: &str| initial[&(f, t.to_string())].clone();
+    // SET_REPLACE as the very first call, right count: the table appears and is replaced.
+    let b = base(Family::V4, "filter");
+    let mut c = ReplaceCall::new(Family::V4, b.hdr.clone(), b.blob.clone());
+    c.hdr.num_counters = b.hdr.num_entries;
+    w.replace(true, &c, "fresh: first SET_REPLACE ipv4 filter");
+    // Wrong count or lying hooks on tables nobody has touched.
+    let b = base(Family::V6, "mangle");
+    let mut c = ReplaceCall::new(Family::V6, b.hdr.clone(), b.blob.clone());
+    c.hdr.num_counters = b.hdr.num_entries + 1;
+    w.replace(
+        true,
+        &c,
+        "fresh: first SET_REPLACE ipv6 mangle, stale count",
+    );
+    let b = base(Family::V4, "nat");
+    let mut c = ReplaceCall::new(Family::V4, b.hdr.clone(), b.blob.clone());
+    c.hdr.valid_hooks ^= 1;
+    c.hdr.num_counters = b.hdr.num_entries;
+    w.replace(true, &c, "fresh: first SET_REPLACE ipv4 nat, lying hooks");
+    // ADD_COUNTERS and GET_ENTRIES as first calls.
+    let raw = base(Family::V4, "raw");
+    let n = raw.hdr.num_entries;
+    let counters: Vec<(u64, u64)> = (0..n as u64).map(|i| (i + 1, 100 * i)).collect();
+    let buf = counters_buf(b"raw", n, &counters);
+    w.add_counters(
+        true,
+        Family::V4,
+        &buf,
+        buf.len(),
+        "fresh: first ADD_COUNTERS ipv4 raw",
+    );
+    let sec = base(Family::V6, "security");
+    let b = entries_buf(
+        b"security",
+        sec.hdr.size,
+        abi::GET_ENTRIES_HDR + sec.hdr.size as usize,
+    );
+    let k = w.k.get_entries(Family::V6, b.clone());
+    w.against(true, "fresh: first GET_ENTRIES ipv6 security", &k, |e| {
+        e.get_entries(Family::V6, b.clone())
+    });
+    for (f, t) in [
+        (Family::V4, "filter"),
+        (Family::V6, "mangle"),
+        (Family::V4, "nat"),
+        (Family::V4, "raw"),
+        (Family::V6, "security"),
+    ] {
+        w.compare_table(f, t, "fresh: afterwards");
+    }
+    w.tally
 }
