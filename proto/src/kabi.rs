@@ -170,11 +170,21 @@ pub fn kernel_written_ranges(family: i32, blob: &[u8]) -> Vec<std::ops::Range<us
     out
 }
 
+/// `XT_MAX_TABLE_SIZE`: the kernel allocates no table, counter array or offset array of
+/// this many bytes or more.
+pub const XT_MAX_TABLE_SIZE: u64 = 512 * 1024 * 1024;
+/// `sizeof(struct xt_table_info)`, which `xt_alloc_table_info` adds to the blob size.
+pub const XT_TABLE_INFO_SIZE: u64 = 64;
+
 /// How much of a `SET_REPLACE` buffer the kernel reads after the header, or its errno, in the
-/// order of `do_replace` (net/ipv4/netfilter/ip_tables.c): `len < header` is EINVAL (checked
-/// by the caller before the header is read), an absurd `num_counters` is ENOMEM, zero is
-/// EINVAL, a `size` beyond `len` is EINVAL.
+/// order of `do_replace` (net/ipv4/netfilter/ip_tables.c): `len` below the header is EINVAL
+/// (the caller checks it before reading the header), an absurd `num_counters` is ENOMEM, zero
+/// is EINVAL, a `size` beyond `len` is EINVAL, and a blob `xt_alloc_table_info` refuses is
+/// ENOMEM before a byte of it is copied.
 pub fn replace_body_len(hdr: &[u8], len: usize) -> Result<usize, i32> {
+    if len < REPLACE_HDR || hdr.len() < REPLACE_HDR {
+        return Err(libc::EINVAL);
+    }
     let num_counters = u32::from_ne_bytes(hdr[84..88].try_into().unwrap());
     let size = u32::from_ne_bytes(hdr[40..44].try_into().unwrap()) as usize;
     if num_counters as u64 >= (i32::MAX as u64) / COUNTERS_SIZE as u64 {
@@ -186,17 +196,44 @@ pub fn replace_body_len(hdr: &[u8], len: usize) -> Result<usize, i32> {
     if (len as u64) < size as u64 + REPLACE_HDR as u64 {
         return Err(libc::EINVAL);
     }
+    if XT_TABLE_INFO_SIZE + size as u64 >= XT_MAX_TABLE_SIZE {
+        return Err(libc::ENOMEM);
+    }
     Ok(size)
 }
 
-/// How much of an `ADD_COUNTERS` buffer follows the header, or its errno (`xt_copy_counters`).
+/// How much of an `ADD_COUNTERS` buffer follows the header, or its errno (`xt_copy_counters`):
+/// `len` must exceed the header (checked by the caller before reading it, again here) and be
+/// the header plus exactly `num_counters` counters.
 pub fn add_counters_body_len(hdr: &[u8], len: usize) -> Result<usize, i32> {
+    if len <= COUNTERS_INFO_HDR || hdr.len() < COUNTERS_INFO_HDR {
+        return Err(libc::EINVAL);
+    }
     let num = u32::from_ne_bytes(hdr[32..36].try_into().unwrap()) as u64;
     let body = (len - COUNTERS_INFO_HDR) as u64;
     if num * COUNTERS_SIZE as u64 != body {
         return Err(libc::EINVAL);
     }
     Ok(body as usize)
+}
+
+/// How many bytes of a `GET_INFO` buffer the kernel reads (the table name), or EINVAL for any
+/// length but `sizeof(struct ipt_getinfo)` (`get_info`).
+pub fn get_info_read_len(len: usize) -> Result<usize, i32> {
+    if len != GETINFO_SIZE {
+        return Err(libc::EINVAL);
+    }
+    Ok(TABLE_MAXNAMELEN)
+}
+
+/// How many bytes of a `GET_ENTRIES` buffer the kernel reads (`struct ipt_get_entries`), or
+/// EINVAL when the buffer cannot even hold that (`get_entries`; the length is checked against
+/// the header's `size` once it is read).
+pub fn get_entries_read_len(len: usize) -> Result<usize, i32> {
+    if len < GET_ENTRIES_HDR {
+        return Err(libc::EINVAL);
+    }
+    Ok(GET_ENTRIES_HDR)
 }
 
 #[cfg(test)]
@@ -213,6 +250,48 @@ mod tests {
         // name "" -> only the NUL at 114 is written; 115..143 are skipped.
         let r = kernel_written_ranges(libc::AF_INET, &e);
         assert_eq!(r, vec![0..115, 143..152]);
+    }
+
+    fn replace_hdr(size: u32, num_counters: u32) -> Vec<u8> {
+        let mut h = vec![0u8; REPLACE_HDR];
+        h[40..44].copy_from_slice(&size.to_ne_bytes());
+        h[84..88].copy_from_slice(&num_counters.to_ne_bytes());
+        h
+    }
+
+    // The errnos below are the 6.18 kernel's for the same buffers (translator/tests/kernel_diff.rs).
+    #[test]
+    fn replace_lengths_in_do_replace_order() {
+        let big = (512 << 20) - 64;
+        assert_eq!(replace_body_len(&replace_hdr(8, 4), 104), Ok(8));
+        assert_eq!(replace_body_len(&replace_hdr(8, 4), 103), Err(libc::EINVAL));
+        assert_eq!(replace_body_len(&replace_hdr(8, 0), 104), Err(libc::EINVAL));
+        assert_eq!(
+            replace_body_len(&replace_hdr(8, (i32::MAX as u32) / 16), 104),
+            Err(libc::ENOMEM)
+        );
+        // Too big for xt_alloc_table_info, but only once the length covers it.
+        assert_eq!(
+            replace_body_len(&replace_hdr(big, 4), 100),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            replace_body_len(&replace_hdr(big, 4), REPLACE_HDR + big as usize),
+            Err(libc::ENOMEM)
+        );
+    }
+
+    #[test]
+    fn get_lengths() {
+        assert_eq!(get_info_read_len(GETINFO_SIZE), Ok(TABLE_MAXNAMELEN));
+        assert_eq!(get_info_read_len(GETINFO_SIZE + 1), Err(libc::EINVAL));
+        assert_eq!(get_entries_read_len(39), Err(libc::EINVAL));
+        assert_eq!(get_entries_read_len(40), Ok(GET_ENTRIES_HDR));
+        let mut h = vec![0u8; COUNTERS_INFO_HDR];
+        h[32..36].copy_from_slice(&2u32.to_ne_bytes());
+        assert_eq!(add_counters_body_len(&h, 72), Ok(32));
+        assert_eq!(add_counters_body_len(&h, 71), Err(libc::EINVAL));
+        assert_eq!(add_counters_body_len(&h, 40), Err(libc::EINVAL));
     }
 
     #[test]

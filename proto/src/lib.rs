@@ -24,8 +24,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Abstract unix socket name of the daemon (without the leading NUL).
 pub const DAEMON_SOCKET: &[u8] = b"bpfiptd.v1";
 
-/// Upper bound of a frame: a 50000-rule table is about 12 MiB, leave room for more.
-pub const MAX_FRAME: u32 = 256 << 20;
+/// Upper bound of a frame: the kernel accepts tables up to XT_MAX_TABLE_SIZE (512 MiB), plus
+/// the replace header.
+pub const MAX_FRAME: u32 = (512 << 20) + 4096;
 
 /// Operations. 1..=15 mirror socket options; 32.. are control requests of the `bpfipt` tool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

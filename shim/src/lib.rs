@@ -228,19 +228,13 @@ fn emulate_get(
     let len = len as usize;
     let (op, data) = match optname {
         kabi::SO_GET_INFO => {
-            if len != kabi::GETINFO_SIZE {
-                return fail(libc::EINVAL);
-            }
-            match mem::read(optval, kabi::TABLE_MAXNAMELEN) {
+            match kabi::get_info_read_len(len).and_then(|n| mem::read(optval, n)) {
                 Ok(d) => (Op::GetInfo, d),
                 Err(e) => return fail(e),
             }
         }
         kabi::SO_GET_ENTRIES => {
-            if len < kabi::GET_ENTRIES_HDR {
-                return fail(libc::EINVAL);
-            }
-            match mem::read(optval, kabi::GET_ENTRIES_HDR) {
+            match kabi::get_entries_read_len(len).and_then(|n| mem::read(optval, n)) {
                 Ok(d) => (Op::GetEntries, d),
                 Err(e) => return fail(e),
             }

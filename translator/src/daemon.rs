@@ -164,74 +164,86 @@ impl Daemon {
         };
         let mut st = self.lock();
         let st = &mut *st;
+        let known = st.ns.family(f).order.len();
+        let reply = self.answer(st, f, req);
+        // Any option naming a table instantiates it, even one that then fails (as in
+        // xt_find_table_lock); the listing order must survive a daemon restart.
+        let order = &st.ns.family(f).order;
+        if order.len() > known {
+            for name in &order[known..] {
+                if let Err(e) = st.store.note_instantiated(f, name) {
+                    log::warn(&format!("storing that {f} table {name} exists: {e}"));
+                }
+            }
+        }
+        reply
+    }
+
+    fn answer(&self, st: &mut State, f: Family, req: &Request) -> Reply {
         match req.op {
             Op::TableNames => Reply::ok(st.ns.table_names(f).into_bytes()),
-            Op::GetInfo => match st.ns.get_info(f, &req.data) {
-                Ok((info, created)) => {
-                    if created {
-                        let name = abi::c_str(&info[..abi::TABLE_MAXNAMELEN]).to_vec();
-                        note_instantiated(st, f, &name);
-                    }
-                    Reply::ok(info)
-                }
+            Op::GetInfo => match st.ns.getsockopt_info(f, req.optlen as usize, &req.data) {
+                Ok((info, _)) => Reply::ok(info),
                 Err(e) => Reply::err(e),
             },
             Op::GetEntries => {
                 match st
                     .ns
-                    .get_entries(f, &req.data, req.optlen as usize, &ext::usersize)
+                    .getsockopt_entries(f, req.optlen as usize, &req.data, &ext::usersize)
                 {
-                    Ok((blob, created)) => {
-                        if created {
-                            let name = abi::c_str(&req.data[..abi::TABLE_MAXNAMELEN]).to_vec();
-                            note_instantiated(st, f, &name);
-                        }
-                        Reply::ok(blob)
-                    }
+                    Ok((blob, _)) => Reply::ok(blob),
                     Err(e) => Reply::err(e),
                 }
             }
             Op::SetReplace => self.replace(st, f, req),
-            Op::AddCounters => match st.ns.prepare_add_counters(f, &req.data) {
-                Ok(t) => match st.store.commit_counters(&t) {
-                    Ok(()) => {
-                        st.ns.install(t);
-                        Reply::ok(Vec::new())
-                    }
-                    Err(e) => {
-                        log::error(&format!("storing counters of {f} table {}: {e}", t.name));
-                        Reply::err(libc::ENOMEM)
-                    }
-                },
-                Err(e) => Reply::err(e),
-            },
+            Op::AddCounters => {
+                match st
+                    .ns
+                    .setsockopt_add_counters(f, req.optlen as usize, &req.data)
+                {
+                    Ok(t) => match st.store.commit_counters(&t) {
+                        Ok(()) => {
+                            st.ns.install(t);
+                            Reply::ok(Vec::new())
+                        }
+                        Err(e) => {
+                            log::error(&format!("storing counters of {f} table {}: {e}", t.name));
+                            Reply::err(libc::ENOMEM)
+                        }
+                    },
+                    Err(e) => Reply::err(e),
+                }
+            }
             Op::Hello | Op::Control => Reply::err(libc::EINVAL),
         }
     }
 
     fn replace(&self, st: &mut State, f: Family, req: &Request) -> Reply {
         let t0 = Instant::now();
-        let r = match st.ns.prepare_replace(f, &req.data, &ext::Registry) {
-            Ok(r) => r,
-            Err(e) => return Reply::err(e),
-        };
-        if r.needs_kernel_check {
-            if st.scratch.is_none() {
+        let State { ns, scratch, .. } = st;
+        let mut kernel_check = |hdr: &abi::ReplaceHdr, entries: &[u8]| {
+            if scratch.is_none() {
                 match Scratch::new() {
-                    Ok(s) => st.scratch = Some(s),
+                    Ok(s) => *scratch = Some(s),
                     Err(e) => log::warn(&format!("no scratch namespace for kernel checks ({e}); extensions not modeled by bpfipt are accepted unchecked")),
                 }
             }
-            if let Some(s) = &st.scratch {
-                let hdr = abi::ReplaceHdr::parse(&req.data).expect("parsed before");
-                match s.check_replace(f, &hdr, &req.data[abi::REPLACE_HDR..]) {
-                    Ok(()) => {}
-                    // The kernel has no ip_tables at all: nothing to ask.
-                    Err(libc::ENOPROTOOPT) => {}
-                    Err(e) => return Reply::err(e),
-                }
+            match scratch.as_ref().map(|s| s.check_replace(f, hdr, entries)) {
+                // The kernel has no ip_tables at all: nothing to ask.
+                None | Some(Ok(())) | Some(Err(libc::ENOPROTOOPT)) => Ok(()),
+                Some(Err(e)) => Err(e),
             }
-        }
+        };
+        let r = match ns.setsockopt_replace(
+            f,
+            req.optlen as usize,
+            &req.data,
+            &ext::Registry,
+            &mut kernel_check,
+        ) {
+            Ok(r) => r,
+            Err(e) => return Reply::err(e),
+        };
         let t1 = Instant::now();
         if let Err(e) = st.store.commit_table(&r.table) {
             log::error(&format!(
@@ -323,13 +335,6 @@ impl Daemon {
                 std::process::exit(0);
             }
         }
-    }
-}
-
-fn note_instantiated(st: &mut State, f: Family, name: &[u8]) {
-    let name = String::from_utf8_lossy(name).into_owned();
-    if let Err(e) = st.store.note_instantiated(f, &name) {
-        log::warn(&format!("storing that {f} table {name} exists: {e}"));
     }
 }
 

@@ -364,8 +364,15 @@ mod golden {
         let mut buf = hdr.emit();
         buf.extend_from_slice(&entries);
         let mut ns = Netns::default();
+        let mut no_kernel = |_: &abi::ReplaceHdr, _: &[u8]| Ok(());
         let r = ns
-            .prepare_replace(family, &buf, &crate::check::BuiltinOnly)
+            .setsockopt_replace(
+                family,
+                buf.len(),
+                &buf,
+                &crate::ext::Registry,
+                &mut no_kernel,
+            )
             .unwrap();
         r.table
     }

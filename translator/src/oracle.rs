@@ -124,15 +124,25 @@ impl Scratch {
         Ok(b[abi::GET_ENTRIES_HDR..].to_vec())
     }
 
-    /// Replaces the table named in `hdr` with `entries`, adjusting `num_counters` to the
-    /// scratch table's current entry count and pointing the old counters at our own buffer.
-    /// Returns the kernel's errno on failure.
+    /// Replaces the table named in `hdr` with `entries` and returns the kernel's errno. Only
+    /// the counter count differs from `hdr`: it is set to the scratch table's entry count, so
+    /// that the answer is the one the kernel would give in a namespace whose table has
+    /// `hdr.num_counters` entries. A count the kernel refuses without allocating (more than
+    /// `XT_MAX_TABLE_SIZE` bytes of counters) and the count for an unknown table are kept:
+    /// the kernel checks the extensions first and then fails the same way.
     pub fn check_replace(&self, f: Family, hdr: &ReplaceHdr, entries: &[u8]) -> Result<(), i32> {
-        let info = self.get_info(f, &hdr.name_str())?;
-        let mut counters = vec![0u8; info.num_entries as usize * abi::COUNTERS_SIZE];
         let mut h = hdr.clone();
-        h.num_counters = info.num_entries;
-        h.counters_ptr = counters.as_mut_ptr() as u64;
+        let refused = h.num_counters as u64 * abi::COUNTERS_SIZE as u64
+            > bpfipt_proto::kabi::XT_MAX_TABLE_SIZE;
+        let mut counters = Vec::new();
+        h.counters_ptr = 0;
+        if !refused {
+            if let Ok(info) = self.get_info(f, &hdr.name_str()) {
+                h.num_counters = info.num_entries;
+                counters = vec![0u8; info.num_entries as usize * abi::COUNTERS_SIZE];
+                h.counters_ptr = counters.as_mut_ptr() as u64;
+            }
+        }
         let mut buf = h.emit();
         buf.extend_from_slice(&entries[..(h.size as usize).min(entries.len())]);
         let r = self.setsockopt(f, bpfipt_proto::kabi::SO_SET_REPLACE, &buf);

@@ -446,7 +446,10 @@ fn read_back_hides_what_the_kernel_hides() {
         hdr.num_counters = abi::GetInfo::parse(&info).unwrap().num_entries;
         let mut req = hdr.emit();
         req.extend_from_slice(&blob);
-        let r = ns.prepare_replace(f, &req, &ext::Registry).unwrap();
+        let mut no_kernel = |_: &abi::ReplaceHdr, _: &[u8]| Ok(());
+        let r = ns
+            .setsockopt_replace(f, req.len(), &req, &ext::Registry, &mut no_kernel)
+            .unwrap();
         ns.install(r.table);
         let mut ge = vec![0u8; abi::GET_ENTRIES_HDR];
         abi::put_c_str(&mut ge[..abi::TABLE_MAXNAMELEN], b"filter");
