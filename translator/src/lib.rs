@@ -7,10 +7,13 @@
 
 pub mod abi;
 pub mod check;
+pub mod compile;
 pub mod daemon;
+pub mod dataplane;
 pub mod ext;
 pub mod ir;
 pub mod kernel;
+pub mod layout;
 pub mod log;
 pub mod oracle;
 pub mod store;

@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/* Reads what classification needs from an IPv4 packet, once, with the kernel's
+ * definitions: fragoff as ipt_do_table computes it, L4 fields only when the first fragment
+ * carries them (skb_header_pointer in tcp_mt, udp_mt, icmp_match, multiport_mt). */
+#ifndef BPFIPT_PARSE_H
+#define BPFIPT_PARSE_H
+
+#include "common.h"
+
+#define ETH_HLEN_ 14
+#define IP_OFFSET_ 0x1fff
+
+enum parse_result { PARSE_OK = 0, PARSE_NOT_IPV4 = 1, PARSE_MALFORMED = 2 };
+
+static __always_inline int port_proto(__u8 p)
+{
+	/* Protocols whose first 4 L4 bytes are the ports (multiport accepts all of them). */
+	return p == IPPROTO_TCP || p == IPPROTO_UDP || p == IPPROTO_UDPLITE ||
+	       p == IPPROTO_SCTP || p == IPPROTO_DCCP;
+}
+
+static __always_inline int ifname_of(__u32 ifindex, char *name, __u32 *hash)
+{
+	struct bpfipt_ifname *n = bpf_map_lookup_elem(&ifnames, &ifindex);
+
+	if (!n) {
+		__builtin_memset(name, 0, 16);
+		*hash = 0;
+		return 0;
+	}
+	__builtin_memcpy(name, n->name, 16);
+	*hash = n->hash;
+	return 1;
+}
+
+/* Fills p from the packet at skb (Ethernet then IPv4). */
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
+{
+	struct iphdr ip;
+	__u8 l4[20];
+	__u32 l3len, end;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return PARSE_NOT_IPV4;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip, sizeof(ip)) < 0)
+		return PARSE_MALFORMED;
+	if (ip.version != 4 || ip.ihl < 5)
+		return PARSE_MALFORMED;
+	l3len = skb->len - ETH_HLEN_;
+	p->tot_len = bpf_ntohs(ip.tot_len);
+	p->ihl = ip.ihl * 4;
+	if (p->tot_len < p->ihl || p->tot_len > l3len)
+		/* ip_rcv_core drops these before any hook. */
+		return PARSE_MALFORMED;
+	/* At the hooks the skb is trimmed to tot_len; a GSO packet's tot_len may be 0. */
+	p->bytes = p->tot_len ? p->tot_len : l3len;
+	end = p->tot_len;
+	p->saddr = ip.saddr;
+	p->daddr = ip.daddr;
+	p->saddr_h = bpf_ntohl(ip.saddr);
+	p->daddr_h = bpf_ntohl(ip.daddr);
+	p->proto = ip.protocol;
+	p->ttl = ip.ttl;
+	p->tos = ip.tos;
+	p->fragoff = bpf_ntohs(ip.frag_off) & IP_OFFSET_;
+	p->mark = skb->mark;
+	p->l4len = end - p->ihl;
+	p->has_ports = 0;
+	p->trunc_ports = 0;
+	p->sport = p->dport = 0;
+	p->tcpflags = 0;
+	p->icmp_type = p->icmp_code = 0;
+	if (p->fragoff)
+		return PARSE_OK;
+	__builtin_memset(l4, 0, sizeof(l4));
+	{
+		__u32 off = ETH_HLEN_ + p->ihl;
+		int r;
+
+		if (off > 0xffff)
+			return PARSE_MALFORMED;
+		if (p->l4len >= 20)
+			r = bpf_skb_load_bytes(skb, off, l4, 20);
+		else if (p->l4len >= 8)
+			r = bpf_skb_load_bytes(skb, off, l4, 8);
+		else if (p->l4len >= 4)
+			r = bpf_skb_load_bytes(skb, off, l4, 4);
+		else
+			r = 0;
+		if (r < 0)
+			return PARSE_MALFORMED;
+	}
+	if (port_proto(p->proto)) {
+		if (p->l4len >= 4) {
+			p->has_ports = 1;
+			p->sport = ((__u16)l4[0] << 8) | l4[1];
+			p->dport = ((__u16)l4[2] << 8) | l4[3];
+		} else {
+			p->trunc_ports = 1;
+		}
+	}
+	p->tcpflags = l4[13];
+	p->icmp_type = l4[0];
+	p->icmp_code = l4[1];
+	return PARSE_OK;
+}
+
+#endif

@@ -1,0 +1,1042 @@
+//! From a [`Ruleset`] (the IPv4 filter table) to the datapath's map contents: an [`Image`]
+//! (per map, the entries of one half) and the [`SlotAssignment`] (rule identity -> slot and
+//! priority, chain name -> id) that keeps unchanged rules in their slots, so they keep their
+//! counters and a one-rule change touches few entries.
+//!
+//! Each rule is indexed under one anchor: its most selective condition among those the
+//! kernel evaluates before any match with side effects (none of the supported matches has
+//! one), never a negated one. Port anchors use elementary intervals (class = interval start,
+//! stable when unrelated boundaries change); address anchors are classes of an LPM trie per
+//! chain and field whose value lists the enclosing classes. Rules without an anchor are in
+//! the chain's FLOAT list.
+//!
+//! This module never touches a file descriptor (`dataplane` writes what it produces).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::abi::{Family, Hook};
+use crate::ir::{self, Ruleset, RuleTarget, Verdict};
+use crate::layout::{
+    self, inv as linv, kind, need, target, AddrKey, AddrVal, Cand, ChainRec, Field, ListKey,
+    ListVal, MatchRec, RuleRec, CHUNK, CLASS_TRUNC, MAX_ANCESTORS, MAX_MATCHES, MAX_STACK,
+};
+
+/// Hooks of the filter table, as bits (1 << Hook).
+pub const HOOK_IN: u8 = 1 << Hook::LocalIn as u8;
+pub const HOOK_FWD: u8 = 1 << Hook::Forward as u8;
+pub const HOOK_OUT: u8 = 1 << Hook::LocalOut as u8;
+pub const HOOKS_ALL: u8 = HOOK_IN | HOOK_FWD | HOOK_OUT;
+
+/// What the datapath runs: one entry per match, target or ip-header condition, with the
+/// hooks it is supported on (bpfilter's matcher metadata). `compile` accepts exactly what
+/// is listed; the datapath tests must cover every (name, hook) pair listed here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Matcher {
+    /// Extension name, or `ip.*` for a field of `struct ipt_ip`, or `std.*` for standard
+    /// targets.
+    pub name: &'static str,
+    pub revision: u8,
+    pub is_target: bool,
+    pub hooks: u8,
+    /// Changes state when evaluated (limit, recent, statistic...): never skipped or
+    /// reordered, rules behind it are not anchored on later conditions.
+    pub side_effects: bool,
+}
+
+const fn m(name: &'static str, revision: u8, hooks: u8) -> Matcher {
+    Matcher {
+        name,
+        revision,
+        is_target: false,
+        hooks,
+        side_effects: false,
+    }
+}
+
+const fn t(name: &'static str, revision: u8) -> Matcher {
+    Matcher {
+        name,
+        revision,
+        is_target: true,
+        hooks: HOOKS_ALL,
+        side_effects: false,
+    }
+}
+
+pub const MATCHERS: &[Matcher] = &[
+    m("ip.src", 0, HOOKS_ALL),
+    m("ip.dst", 0, HOOKS_ALL),
+    m("ip.iniface", 0, HOOK_IN | HOOK_FWD),
+    m("ip.outiface", 0, HOOK_FWD | HOOK_OUT),
+    m("ip.proto", 0, HOOKS_ALL),
+    m("ip.frag", 0, HOOKS_ALL),
+    m("tcp", 0, HOOKS_ALL),
+    m("udp", 0, HOOKS_ALL),
+    m("icmp", 0, HOOKS_ALL),
+    m("multiport", 1, HOOKS_ALL),
+    m("iprange", 1, HOOKS_ALL),
+    m("mark", 1, HOOKS_ALL),
+    m("length", 0, HOOKS_ALL),
+    m("ttl", 0, HOOKS_ALL),
+    m("comment", 0, HOOKS_ALL),
+    t("std.accept", 0),
+    t("std.drop", 0),
+    t("std.return", 0),
+    t("std.jump", 0),
+    t("std.goto", 0),
+    t("std.none", 0),
+    t("std.policy", 0),
+    t("REJECT", 0),
+];
+
+pub fn matcher(name: &str, revision: u8, is_target: bool) -> Option<&'static Matcher> {
+    MATCHERS
+        .iter()
+        .find(|m| m.name == name && m.revision == revision && m.is_target == is_target)
+}
+
+/// Why a rule cannot run in the datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// No datapath code for this extension and revision.
+    UnknownExtension,
+    /// The extension is supported, but not on this hook.
+    Hook(Hook),
+    /// An option of the extension the datapath does not implement.
+    Option(&'static str),
+    /// The payload is shorter than the extension's struct.
+    Payload,
+    /// More matches than a rule record holds.
+    TooManyMatches,
+    /// NFQUEUE / QUEUE verdicts.
+    Queue,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompileError {
+    /// Only the IPv4 filter table has a datapath.
+    Table { family: Family, table: String },
+    /// `chain`'s rule number `rule` (1-based, as `iptables -L --line-numbers`) uses
+    /// extension `ext` in a way the datapath cannot run.
+    Rule {
+        chain: String,
+        rule: usize,
+        ext: String,
+        why: Why,
+    },
+    /// Nested jumps deeper than the datapath's stack.
+    JumpDepth { chain: String, depth: usize },
+    /// More user chains than the datapath holds.
+    TooManyChains,
+    /// More rule slots needed than the dataplane has.
+    Slots { needed: u32 },
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompileError::Table { family, table } => {
+                write!(f, "no datapath for table {table} ({family:?})")
+            }
+            CompileError::Rule {
+                chain,
+                rule,
+                ext,
+                why,
+            } => write!(f, "chain {chain} rule {rule}: {ext}: not supported ({why:?})"),
+            CompileError::JumpDepth { chain, depth } => {
+                write!(f, "chain {chain}: jumps nested {depth} deep")
+            }
+            CompileError::TooManyChains => write!(f, "too many chains"),
+            CompileError::Slots { needed } => write!(f, "{needed} rule slots needed"),
+        }
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// The entries of one half of the halved maps, plus the rule records by slot. Keys carry
+/// half 0; `dataplane` sets the half when it writes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Image {
+    pub chains: BTreeMap<u32, ChainRec>,
+    pub lists: HashMap<ListKey, ListVal>,
+    pub addrs: HashMap<AddrKey, AddrVal>,
+    /// `ports[field * 65536 + port]` (field 0 sport, 1 dport); empty means all 0.
+    pub ports: Vec<u32>,
+    pub rules: HashMap<u32, RuleRec>,
+}
+
+/// One map write (`None`: delete) in a half.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Chain(u32, Option<ChainRec>),
+    List(ListKey, Option<ListVal>),
+    Addr(AddrKey, Option<AddrVal>),
+    /// (field 0 sport / 1 dport, port, class)
+    Port(u8, u16, u32),
+    Rule(u32, Option<RuleRec>),
+}
+
+impl Image {
+    fn port(&self, i: usize) -> u32 {
+        self.ports.get(i).copied().unwrap_or(0)
+    }
+
+    /// What turns `old` into `self`: new records first (rules before what references them).
+    pub fn diff(&self, old: &Image) -> Vec<Change> {
+        let mut out = Vec::new();
+        for (s, r) in &self.rules {
+            if old.rules.get(s) != Some(r) {
+                out.push(Change::Rule(*s, Some(*r)));
+            }
+        }
+        for i in 0..2 * 65536 {
+            let (a, b) = (self.port(i), old.port(i));
+            if a != b {
+                out.push(Change::Port((i >> 16) as u8, (i & 0xffff) as u16, a));
+            }
+        }
+        for (k, v) in &self.lists {
+            if old.lists.get(k) != Some(v) {
+                out.push(Change::List(*k, Some(*v)));
+            }
+        }
+        for (k, v) in &self.addrs {
+            if old.addrs.get(k) != Some(v) {
+                out.push(Change::Addr(*k, Some(*v)));
+            }
+        }
+        for (k, v) in &self.chains {
+            if old.chains.get(k) != Some(v) {
+                out.push(Change::Chain(*k, Some(*v)));
+            }
+        }
+        for k in old.lists.keys() {
+            if !self.lists.contains_key(k) {
+                out.push(Change::List(*k, None));
+            }
+        }
+        for k in old.addrs.keys() {
+            if !self.addrs.contains_key(k) {
+                out.push(Change::Addr(*k, None));
+            }
+        }
+        for k in old.chains.keys() {
+            if !self.chains.contains_key(k) {
+                out.push(Change::Chain(*k, None));
+            }
+        }
+        for s in old.rules.keys() {
+            if !self.rules.contains_key(s) {
+                out.push(Change::Rule(*s, None));
+            }
+        }
+        out
+    }
+}
+
+/// What makes a rule the same rule across commits: its record and the name of the chain
+/// it jumps to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RuleId {
+    rec: RuleRec,
+    jump: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Placed {
+    id: RuleId,
+    slot: u32,
+    prio: u32,
+}
+
+/// Rule identity -> slot and priority, chain name -> id and tail slot. Persisted with the
+/// table so counters survive daemon restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotAssignment {
+    chain_ids: HashMap<String, u32>,
+    tails: HashMap<String, u32>,
+    rules: HashMap<String, Vec<Placed>>,
+    next_slot: u32,
+    free: Vec<u32>,
+    /// Freed by the last compile: reusable after the grace period of its commit.
+    pending: Vec<u32>,
+    next_chain: u32,
+    free_chains: Vec<u32>,
+}
+
+impl SlotAssignment {
+    /// The counters slot of rule `index` (0-based) of `chain`.
+    pub fn rule_slot(&self, chain: &str, index: usize) -> Option<u32> {
+        self.rules.get(chain)?.get(index).map(|p| p.slot)
+    }
+    /// The counters slot of `chain`'s tail (policy or RETURN).
+    pub fn tail_slot(&self, chain: &str) -> Option<u32> {
+        self.tails.get(chain).copied()
+    }
+    pub fn chain_id(&self, chain: &str) -> Option<u32> {
+        self.chain_ids.get(chain).copied()
+    }
+    /// Slots in use.
+    pub fn slots_used(&self) -> u32 {
+        self.next_slot - self.free.len() as u32 - self.pending.len() as u32
+    }
+
+    fn alloc(&mut self, reusable: &mut Vec<u32>) -> u32 {
+        if let Some(s) = reusable.pop() {
+            return s;
+        }
+        let s = self.next_slot;
+        self.next_slot += 1;
+        s
+    }
+}
+
+/// Priority gap between consecutive rules of a freshly numbered chain.
+const PRIO_GAP: u32 = 1 << 16;
+
+/// An anchor: the condition a rule is listed under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Anchor {
+    Addr(Field, u32, u8),
+    Ports(Field, Vec<(u16, u16)>),
+    Proto(u8),
+    Iface(Field, u32),
+    Float,
+}
+
+impl Anchor {
+    /// Bits of selectivity (higher: fewer packets match).
+    fn bits(&self) -> u32 {
+        match self {
+            Anchor::Addr(_, _, p) => *p as u32,
+            Anchor::Ports(_, r) => {
+                let w: u32 = r.iter().map(|(a, b)| (*b as u32 - *a as u32) + 1).sum();
+                16 - (31 - w.max(1).leading_zeros()).min(16)
+            }
+            Anchor::Proto(_) => 2,
+            Anchor::Iface(..) => 3,
+            Anchor::Float => 0,
+        }
+    }
+    fn order(&self) -> u8 {
+        match self {
+            Anchor::Addr(Field::Dst, ..) => 0,
+            Anchor::Addr(..) => 1,
+            Anchor::Ports(Field::Dport, _) => 2,
+            Anchor::Ports(..) => 3,
+            Anchor::Iface(..) => 4,
+            Anchor::Proto(_) => 5,
+            Anchor::Float => 6,
+        }
+    }
+}
+
+/// A rule lowered to its record and the conditions it could be anchored on.
+struct Lowered {
+    rec: RuleRec,
+    anchors: Vec<Anchor>,
+    jump: Option<ir::ChainId>,
+}
+
+fn v4(a: &IpAddr) -> u32 {
+    match a {
+        IpAddr::V4(a) => u32::from_be_bytes(a.octets()),
+        IpAddr::V6(_) => 0,
+    }
+}
+
+/// The prefix length of a contiguous mask.
+fn contiguous(mask: u32) -> Option<u8> {
+    let p = mask.leading_ones();
+    (mask.checked_shl(p).unwrap_or(0) == 0).then_some(p as u8)
+}
+
+/// The exact interface name a mask selects (iptables' mask covers the name and its NUL).
+fn exact_iface(name: &[u8; 16], mask: &[u8; 16]) -> Option<[u8; 16]> {
+    let l = name.iter().position(|b| *b == 0)?;
+    if mask[..=l].iter().all(|b| *b == 0xff) {
+        let mut n = [0u8; 16];
+        n[..l].copy_from_slice(&name[..l]);
+        Some(n)
+    } else {
+        None
+    }
+}
+
+/// Minimal reads of the match/target payloads the datapath runs (the kernel structs of
+/// xt_tcpudp.h, xt_multiport.h, ...). An adapter until `ext` parses them.
+mod payload {
+    pub fn u16_at(d: &[u8], o: usize) -> Option<u16> {
+        Some(u16::from_ne_bytes(d.get(o..o + 2)?.try_into().ok()?))
+    }
+    pub fn u32_at(d: &[u8], o: usize) -> Option<u32> {
+        Some(u32::from_ne_bytes(d.get(o..o + 4)?.try_into().ok()?))
+    }
+    pub fn be32_at(d: &[u8], o: usize) -> Option<u32> {
+        Some(u32::from_be_bytes(d.get(o..o + 4)?.try_into().ok()?))
+    }
+    pub fn u8_at(d: &[u8], o: usize) -> Option<u8> {
+        d.get(o).copied()
+    }
+}
+
+/// Lowers one match into `rec.m[*n]` and adds its anchor candidates.
+fn lower_match(
+    e: &ir::Ext,
+    rec: &mut RuleRec,
+    n: &mut usize,
+    anchors: &mut Vec<Anchor>,
+) -> Result<(), Why> {
+    use payload::*;
+    let d = &e.data[..];
+    let short = || Why::Payload;
+    let mut mr = MatchRec::default();
+    match (e.name.as_str(), e.revision) {
+        ("comment", 0) => return Ok(()),
+        // struct xt_tcp { spts[2], dpts[2], option, flg_mask, flg_cmp, invflags }
+        // struct xt_udp { spts[2], dpts[2], invflags }
+        ("tcp", 0) | ("udp", 0) => {
+            let tcp = e.name == "tcp";
+            let sp = [u16_at(d, 0).ok_or_else(short)?, u16_at(d, 2).ok_or_else(short)?];
+            let dp = [u16_at(d, 4).ok_or_else(short)?, u16_at(d, 6).ok_or_else(short)?];
+            let invf = if tcp {
+                if u8_at(d, 8).ok_or_else(short)? != 0 {
+                    return Err(Why::Option("--tcp-option"));
+                }
+                mr.put_u8(8, u8_at(d, 9).ok_or_else(short)?);
+                mr.put_u8(9, u8_at(d, 10).ok_or_else(short)?);
+                u8_at(d, 11).ok_or_else(short)?
+            } else {
+                u8_at(d, 8).ok_or_else(short)?
+            };
+            mr.kind = if tcp { kind::TCP } else { kind::UDP };
+            mr.inv = invf & 0x07;
+            mr.put_u16(0, sp[0]);
+            mr.put_u16(2, sp[1]);
+            mr.put_u16(4, dp[0]);
+            mr.put_u16(6, dp[1]);
+            for (f, r, bit) in [(Field::Sport, sp, 1u8), (Field::Dport, dp, 2u8)] {
+                if invf & bit == 0 && !(r[0] == 0 && r[1] == 0xffff) && r[0] <= r[1] {
+                    anchors.push(Anchor::Ports(f, vec![(r[0], r[1])]));
+                }
+            }
+        }
+        // struct ipt_icmp { type, code[2], invflags }
+        ("icmp", 0) => {
+            mr.kind = kind::ICMP;
+            mr.put_u8(0, u8_at(d, 0).ok_or_else(short)?);
+            mr.put_u8(1, u8_at(d, 1).ok_or_else(short)?);
+            mr.put_u8(2, u8_at(d, 2).ok_or_else(short)?);
+            if u8_at(d, 3).ok_or_else(short)? & 1 != 0 {
+                mr.inv = linv::ANY;
+            }
+        }
+        // struct xt_multiport_v1 { flags, count, ports[15], pflags[15], invert }
+        ("multiport", 1) => {
+            let flags = u8_at(d, 0).ok_or_else(short)?;
+            let count = u8_at(d, 1).ok_or_else(short)?.min(15);
+            let invert = u8_at(d, 47).ok_or_else(short)?;
+            mr.kind = kind::MULTIPORT;
+            mr.flags = match flags {
+                0 => 1,
+                1 => 2,
+                _ => 3,
+            };
+            mr.count = count;
+            if invert != 0 {
+                mr.inv = linv::ANY;
+            }
+            let mut ranges = Vec::new();
+            let mut i = 0usize;
+            while i < count as usize {
+                let lo = u16_at(d, 2 + 2 * i).ok_or_else(short)?;
+                let pf = u8_at(d, 32 + i).ok_or_else(short)?;
+                mr.put_u16(2 * i, lo);
+                mr.put_u8(30 + i, (pf != 0) as u8);
+                if pf != 0 && i + 1 < 15 {
+                    let hi = u16_at(d, 2 + 2 * (i + 1)).ok_or_else(short)?;
+                    mr.put_u16(2 * (i + 1), hi);
+                    if i + 1 < count as usize && lo <= hi {
+                        ranges.push((lo, hi));
+                    } else {
+                        ranges.clear();
+                        break;
+                    }
+                    i += 2;
+                } else {
+                    ranges.push((lo, lo));
+                    i += 1;
+                }
+            }
+            if invert == 0 && flags < 2 && !ranges.is_empty() {
+                let f = if flags == 0 { Field::Sport } else { Field::Dport };
+                anchors.push(Anchor::Ports(f, ranges));
+            }
+        }
+        // struct xt_iprange_mtinfo { src_min, src_max, dst_min, dst_max (nf_inet_addr), flags }
+        ("iprange", 1) => {
+            let flags = u8_at(d, 64).ok_or_else(short)?;
+            mr.kind = kind::IPRANGE;
+            if flags & 1 != 0 {
+                mr.inv |= linv::IPRANGE_SRC;
+            }
+            if flags & 2 != 0 {
+                mr.inv |= linv::IPRANGE_DST;
+            }
+            if flags & 0x10 != 0 {
+                mr.inv |= linv::SPT;
+            }
+            if flags & 0x20 != 0 {
+                mr.inv |= linv::DPT;
+            }
+            for (i, off) in [0usize, 16, 32, 48].iter().enumerate() {
+                mr.put_u32(4 * i, be32_at(d, *off).ok_or_else(short)?);
+            }
+        }
+        // struct xt_mark_mtinfo1 { mark, mask, invert }
+        ("mark", 1) => {
+            mr.kind = kind::MARK;
+            mr.put_u32(0, u32_at(d, 0).ok_or_else(short)?);
+            mr.put_u32(4, u32_at(d, 4).ok_or_else(short)?);
+            if u8_at(d, 8).ok_or_else(short)? != 0 {
+                mr.inv = linv::ANY;
+            }
+        }
+        // struct xt_length_info { min, max, invert }
+        ("length", 0) => {
+            mr.kind = kind::LENGTH;
+            mr.put_u16(0, u16_at(d, 0).ok_or_else(short)?);
+            mr.put_u16(2, u16_at(d, 2).ok_or_else(short)?);
+            if u8_at(d, 4).ok_or_else(short)? != 0 {
+                mr.inv = linv::ANY;
+            }
+        }
+        // struct ipt_ttl_info { mode, ttl }
+        ("ttl", 0) => {
+            mr.kind = kind::TTL;
+            mr.flags = u8_at(d, 0).ok_or_else(short)?;
+            if mr.flags > 3 {
+                return Err(Why::Option("mode"));
+            }
+            mr.put_u8(0, u8_at(d, 1).ok_or_else(short)?);
+        }
+        _ => return Err(Why::UnknownExtension),
+    }
+    if *n >= MAX_MATCHES {
+        return Err(Why::TooManyMatches);
+    }
+    rec.m[*n] = mr;
+    *n += 1;
+    Ok(())
+}
+
+fn lower_rule(r: &ir::Rule, hooks: u8) -> Result<Lowered, (String, Why)> {
+    let ip = &r.ip;
+    let mut rec = RuleRec {
+        src: v4(&ip.src).to_be(),
+        smsk: v4(&ip.smsk).to_be(),
+        dst: v4(&ip.dst).to_be(),
+        dmsk: v4(&ip.dmsk).to_be(),
+        iif: ip.iniface,
+        iifmask: ip.iniface_mask,
+        oif: ip.outiface,
+        oifmask: ip.outiface_mask,
+        proto: ip.proto,
+        ipflags: ip.flags & ir::flag::V4_FRAG,
+        invflags: ip.invflags,
+        ..Default::default()
+    };
+    // Kernel order for values: network order as stored in ipt_ip. to_be() above turns the
+    // host integer into the bytes of the address when viewed natively.
+    rec.src = u32::from_ne_bytes(v4(&ip.src).to_be_bytes());
+    rec.smsk = u32::from_ne_bytes(v4(&ip.smsk).to_be_bytes());
+    rec.dst = u32::from_ne_bytes(v4(&ip.dst).to_be_bytes());
+    rec.dmsk = u32::from_ne_bytes(v4(&ip.dmsk).to_be_bytes());
+    let mut anchors = Vec::new();
+    let inv = ip.invflags;
+    let check_hook = |name: &str, hooks: u8| -> Result<(), (String, Why)> {
+        let mt = matcher(name, 0, false).expect("listed");
+        if hooks & !mt.hooks != 0 {
+            let h = Hook::ALL
+                .iter()
+                .find(|h| hooks & !mt.hooks & (1 << **h as u8) != 0)
+                .copied()
+                .unwrap_or(Hook::LocalIn);
+            return Err((name.to_string(), Why::Hook(h)));
+        }
+        Ok(())
+    };
+    for (field, a, msk, bit) in [
+        (Field::Src, v4(&ip.src), v4(&ip.smsk), ir::inv::SRCIP),
+        (Field::Dst, v4(&ip.dst), v4(&ip.dmsk), ir::inv::DSTIP),
+    ] {
+        if msk != 0 || a != 0 || inv & bit != 0 {
+            rec.need |= need::ADDR;
+        }
+        if inv & bit == 0 && a & !msk == 0 {
+            if let Some(p) = contiguous(msk).filter(|p| *p > 0) {
+                anchors.push(Anchor::Addr(field, a, p));
+            }
+        }
+    }
+    for (field, name, mask, bit, nd, label) in [
+        (Field::Iif, &ip.iniface, &ip.iniface_mask, ir::inv::VIA_IN, need::IIF, "ip.iniface"),
+        (Field::Oif, &ip.outiface, &ip.outiface_mask, ir::inv::VIA_OUT, need::OIF, "ip.outiface"),
+    ] {
+        if mask.iter().any(|b| *b != 0) || inv & bit != 0 {
+            rec.need |= nd;
+            check_hook(label, hooks)?;
+            if inv & bit == 0 {
+                if let Some(n) = exact_iface(name, mask) {
+                    anchors.push(Anchor::Iface(field, layout::ifname_hash(&n)));
+                }
+            }
+        }
+    }
+    if ip.proto != 0 {
+        rec.need |= need::PROTO;
+        if inv & ir::inv::PROTO == 0 && ip.proto < 256 {
+            anchors.push(Anchor::Proto(ip.proto as u8));
+        }
+    }
+    if ip.flags & ir::flag::V4_FRAG != 0 || inv & ir::inv::FRAG != 0 {
+        rec.need |= need::FRAG;
+    }
+    let mut n = 0;
+    for mt in &r.matches {
+        if matcher(&mt.name, mt.revision, false).is_none() {
+            return Err((mt.name.clone(), Why::UnknownExtension));
+        }
+        lower_match(mt, &mut rec, &mut n, &mut anchors).map_err(|w| (mt.name.clone(), w))?;
+    }
+    rec.nmatch = n as u8;
+    let mut jump = None;
+    match &r.target {
+        RuleTarget::Verdict(Verdict::Accept) => rec.target = target::ACCEPT,
+        RuleTarget::Verdict(Verdict::Drop) => rec.target = target::DROP,
+        RuleTarget::Verdict(Verdict::Queue) => return Err(("QUEUE".into(), Why::Queue)),
+        RuleTarget::Return => rec.target = target::RETURN,
+        RuleTarget::Jump(c) if *c == ir::NO_TARGET => rec.target = target::NONE,
+        RuleTarget::Jump(c) => {
+            rec.target = target::JUMP;
+            jump = Some(*c);
+        }
+        RuleTarget::Goto(c) => {
+            rec.target = target::GOTO;
+            jump = Some(*c);
+        }
+        RuleTarget::Ext(e) => {
+            if matcher(&e.name, e.revision, true).is_none() {
+                return Err((e.name.clone(), Why::UnknownExtension));
+            }
+            // struct ipt_reject_info { with }
+            let with = payload::u32_at(&e.data, 0).ok_or((e.name.clone(), Why::Payload))?;
+            if with > 8 || with == 4 {
+                return Err((e.name.clone(), Why::Option("--reject-with")));
+            }
+            rec.target = target::REJECT;
+            rec.reject = with as u8;
+        }
+    }
+    anchors.sort_by(|a, b| b.bits().cmp(&a.bits()).then(a.order().cmp(&b.order())));
+    Ok(Lowered { rec, anchors, jump })
+}
+
+/// Which hooks reach each chain, and the deepest jump nesting below each hook.
+fn reach(rs: &Ruleset) -> Result<Vec<u8>, CompileError> {
+    let n = rs.chains.len();
+    let mut hooks = vec![0u8; n];
+    fn walk(rs: &Ruleset, c: usize, bit: u8, depth: usize, hooks: &mut [u8], seen: &mut HashMap<(usize, usize), ()>) -> Result<(), CompileError> {
+        if depth > MAX_STACK {
+            return Err(CompileError::JumpDepth {
+                chain: rs.chains[c].name.clone(),
+                depth,
+            });
+        }
+        if seen.insert((c, depth), ()).is_some() {
+            return Ok(());
+        }
+        hooks[c] |= bit;
+        for r in &rs.chains[c].rules {
+            match r.target {
+                RuleTarget::Jump(t) if t != ir::NO_TARGET => walk(rs, t, bit, depth + 1, hooks, seen)?,
+                RuleTarget::Goto(t) => walk(rs, t, bit, depth, hooks, seen)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    for h in [Hook::LocalIn, Hook::Forward, Hook::LocalOut] {
+        if let Some(c) = rs.hooks[h as usize] {
+            let mut seen = HashMap::new();
+            walk(rs, c, 1 << h as u8, 0, &mut hooks, &mut seen)?;
+        }
+    }
+    Ok(hooks)
+}
+
+struct ChainPlan {
+    id: u32,
+    tail_slot: u32,
+    policy: u8,
+    skip: bool,
+    /// (prio, slot, anchor)
+    rules: Vec<(u32, u32, Anchor)>,
+}
+
+/// Compiles the IPv4 filter table. `prev` is the assignment of the previous commit.
+pub fn compile(rs: &Ruleset, prev: &SlotAssignment) -> Result<(Image, SlotAssignment), CompileError> {
+    if rs.family != Family::V4 || rs.table != "filter" {
+        return Err(CompileError::Table {
+            family: rs.family,
+            table: rs.table.clone(),
+        });
+    }
+    let hooks = reach(rs)?;
+    let mut asg = prev.clone();
+    // Slots freed by the previous commit have seen their grace period.
+    let mut reusable = std::mem::take(&mut asg.free);
+    reusable.append(&mut asg.pending);
+    reusable.sort_unstable_by(|a, b| b.cmp(a));
+    let mut freed = Vec::new();
+
+    // Chain ids: built-ins fixed, user chains keep theirs.
+    let mut chain_id = vec![0u32; rs.chains.len()];
+    let names: HashSet<&str> = rs.chains.iter().map(|c| c.name.as_str()).collect();
+    let gone: Vec<String> = asg
+        .chain_ids
+        .keys()
+        .filter(|k| !names.contains(k.as_str()))
+        .cloned()
+        .collect();
+    for g in gone {
+        if let Some(id) = asg.chain_ids.remove(&g) {
+            if id >= 3 {
+                asg.free_chains.push(id);
+            }
+        }
+        if let Some(s) = asg.tails.remove(&g) {
+            freed.push(s);
+        }
+        if let Some(v) = asg.rules.remove(&g) {
+            freed.extend(v.iter().map(|p| p.slot));
+        }
+    }
+    for (i, c) in rs.chains.iter().enumerate() {
+        let id = match c.hook {
+            Some(Hook::LocalIn) => layout::CHAIN_INPUT,
+            Some(Hook::Forward) => layout::CHAIN_FORWARD,
+            Some(Hook::LocalOut) => layout::CHAIN_OUTPUT,
+            _ => match asg.chain_ids.get(&c.name) {
+                Some(id) => *id,
+                None => {
+                    let id = asg.free_chains.pop().unwrap_or_else(|| {
+                        asg.next_chain = asg.next_chain.max(3);
+                        asg.next_chain += 1;
+                        asg.next_chain - 1
+                    });
+                    if id >= layout::MAX_CHAINS {
+                        return Err(CompileError::TooManyChains);
+                    }
+                    id
+                }
+            },
+        };
+        asg.chain_ids.insert(c.name.clone(), id);
+        chain_id[i] = id;
+    }
+
+    let mut plans = Vec::with_capacity(rs.chains.len());
+    let mut image = Image::default();
+    for (ci, c) in rs.chains.iter().enumerate() {
+        let mut lowered = Vec::with_capacity(c.rules.len());
+        for (ri, r) in c.rules.iter().enumerate() {
+            let mut l = lower_rule(r, hooks[ci]).map_err(|(ext, why)| CompileError::Rule {
+                chain: c.name.clone(),
+                rule: ri + 1,
+                ext,
+                why,
+            })?;
+            if let Some(j) = l.jump {
+                l.rec.chain = chain_id[j];
+            }
+            lowered.push(l);
+        }
+        // Keep the slots (and priorities, where order allows) of unchanged rules.
+        let old = asg.rules.remove(&c.name).unwrap_or_default();
+        let mut by_id: HashMap<&RuleId, VecDeque<&Placed>> = HashMap::new();
+        for p in &old {
+            by_id.entry(&p.id).or_default().push_back(p);
+        }
+        let ids: Vec<RuleId> = lowered
+            .iter()
+            .map(|l| RuleId {
+                rec: l.rec,
+                jump: l.jump.map(|j| rs.chains[j].name.clone()),
+            })
+            .collect();
+        let mut kept: Vec<Option<(u32, u32)>> = Vec::with_capacity(ids.len());
+        let mut used = HashSet::new();
+        for id in &ids {
+            let k = by_id.get_mut(id).and_then(|q| q.pop_front());
+            if let Some(p) = k {
+                used.insert(p.slot);
+                kept.push(Some((p.slot, p.prio)));
+            } else {
+                kept.push(None);
+            }
+        }
+        for p in &old {
+            if !used.contains(&p.slot) {
+                freed.push(p.slot);
+            }
+        }
+        let prios = number(&kept);
+        let mut placed = Vec::with_capacity(ids.len());
+        let mut rules = Vec::with_capacity(ids.len());
+        for ((id, k), (prio, l)) in ids.into_iter().zip(kept).zip(prios.into_iter().zip(lowered)) {
+            let slot = match k {
+                Some((s, _)) => s,
+                None => asg.alloc(&mut reusable),
+            };
+            image.rules.insert(slot, l.rec);
+            let anchor = l.anchors.into_iter().next().unwrap_or(Anchor::Float);
+            rules.push((prio, slot, anchor));
+            placed.push(Placed { id, slot, prio });
+        }
+        asg.rules.insert(c.name.clone(), placed);
+        let tail_slot = match asg.tails.get(&c.name) {
+            Some(s) => *s,
+            None => {
+                let s = asg.alloc(&mut reusable);
+                asg.tails.insert(c.name.clone(), s);
+                s
+            }
+        };
+        let policy = match c.policy {
+            None => target::RETURN,
+            Some(Verdict::Accept) => target::ACCEPT,
+            Some(Verdict::Drop) => target::DROP,
+            Some(Verdict::Queue) => {
+                return Err(CompileError::Rule {
+                    chain: c.name.clone(),
+                    rule: c.rules.len() + 1,
+                    ext: "QUEUE".into(),
+                    why: Why::Queue,
+                })
+            }
+        };
+        plans.push(ChainPlan {
+            id: chain_id[ci],
+            tail_slot,
+            policy,
+            skip: c.hook.is_some() && c.rules.is_empty() && policy == target::ACCEPT,
+            rules,
+        });
+    }
+    asg.free = reusable;
+    asg.pending = freed;
+
+    build_indexes(&mut plans, &mut image);
+    Ok((image, asg))
+}
+
+/// Priorities for a chain's rules in order: kept rules keep theirs while increasing, new
+/// ones take the middle of their neighbours; no room means renumbering the chain.
+fn number(kept: &[Option<(u32, u32)>]) -> Vec<u32> {
+    let n = kept.len();
+    let mut fixed: Vec<Option<u32>> = vec![None; n];
+    let mut last = 0u32;
+    for (i, k) in kept.iter().enumerate() {
+        if let Some((_, p)) = k {
+            if *p > last {
+                fixed[i] = Some(*p);
+                last = *p;
+            }
+        }
+    }
+    let mut out = vec![0u32; n];
+    let mut i = 0;
+    let mut prev = 0u32;
+    while i < n {
+        if let Some(p) = fixed[i] {
+            out[i] = p;
+            prev = p;
+            i += 1;
+            continue;
+        }
+        let j = (i..n).find(|j| fixed[*j].is_some()).unwrap_or(n);
+        let next = if j < n { fixed[j].unwrap() as u64 } else { prev as u64 + (j - i + 1) as u64 * PRIO_GAP as u64 };
+        let gap = (next - prev as u64) / (j - i + 1) as u64;
+        if gap == 0 || next > u32::MAX as u64 - 1 {
+            return (0..n).map(|k| (k as u32 + 1) * PRIO_GAP.min(u32::MAX / (n as u32 + 1))).collect();
+        }
+        for (k, o) in out.iter_mut().enumerate().take(j).skip(i) {
+            *o = prev + (gap * (k - i + 1) as u64) as u32;
+        }
+        if j > i {
+            prev = out[j - 1];
+        }
+        i = j;
+    }
+    out
+}
+
+fn push_list(image: &mut Image, chain: u32, field: Field, cls: u32, plen: u32, mut v: Vec<Cand>) {
+    v.sort_unstable();
+    let chunks = v.len().div_ceil(CHUNK);
+    for (i, part) in v.chunks(CHUNK).enumerate() {
+        let mut lv = ListVal {
+            n: part.len() as u16,
+            more: (i + 1 < chunks) as u16,
+            ..Default::default()
+        };
+        lv.e[..part.len()].copy_from_slice(part);
+        let key = ListKey {
+            half: 0,
+            field: field as u8,
+            chain: chain as u16,
+            cls,
+            plen,
+            chunk: i as u32,
+        };
+        image.lists.insert(key, lv);
+    }
+}
+
+fn mask(plen: u8) -> u32 {
+    if plen == 0 {
+        0
+    } else {
+        u32::MAX << (32 - plen as u32)
+    }
+}
+
+fn build_indexes(plans: &mut [ChainPlan], image: &mut Image) {
+    // Address classes per chain and field; too deeply nested ones are not used.
+    for plan in plans.iter_mut() {
+        for field in [Field::Src, Field::Dst] {
+            let mut prefixes: BTreeSet<(u8, u32)> = BTreeSet::new();
+            for (_, _, a) in &plan.rules {
+                if let Anchor::Addr(f, addr, p) = a {
+                    if *f == field {
+                        prefixes.insert((*p, *addr));
+                    }
+                }
+            }
+            if prefixes.is_empty() {
+                continue;
+            }
+            let mut accepted: HashMap<(u8, u32), Vec<u8>> = HashMap::new();
+            let mut plens: BTreeSet<u8> = BTreeSet::new();
+            let mut banned = HashSet::new();
+            for (p, a) in &prefixes {
+                let mut anc: Vec<u8> = plens
+                    .iter()
+                    .filter(|q| **q < *p && accepted.contains_key(&(**q, a & mask(**q))))
+                    .copied()
+                    .collect();
+                if anc.len() >= MAX_ANCESTORS {
+                    banned.insert((*p, *a));
+                    continue;
+                }
+                anc.push(*p);
+                anc.reverse();
+                accepted.insert((*p, *a), anc);
+                plens.insert(*p);
+            }
+            for ((p, a), anc) in &accepted {
+                let mut v = AddrVal {
+                    n: anc.len() as u8,
+                    ..Default::default()
+                };
+                v.plen[..anc.len()].copy_from_slice(anc);
+                let key = AddrKey {
+                    prefixlen: 32 + *p as u32,
+                    half: 0,
+                    field: field as u8,
+                    chain_hi: (plan.id >> 8) as u8,
+                    chain_lo: plan.id as u8,
+                    addr: a.to_be_bytes(),
+                };
+                image.addrs.insert(key, v);
+            }
+            for (_, _, a) in plan.rules.iter_mut() {
+                if let Anchor::Addr(f, addr, p) = a {
+                    if *f == field && banned.contains(&(*p, *addr)) {
+                        *a = Anchor::Float;
+                    }
+                }
+            }
+        }
+    }
+    // Elementary port intervals, global per field.
+    let mut bounds: [BTreeSet<u32>; 2] = [BTreeSet::from([0]), BTreeSet::from([0])];
+    for plan in plans.iter() {
+        for (_, _, a) in &plan.rules {
+            if let Anchor::Ports(f, r) = a {
+                let b = &mut bounds[(*f == Field::Dport) as usize];
+                for (lo, hi) in r {
+                    b.insert(*lo as u32);
+                    b.insert(*hi as u32 + 1);
+                }
+            }
+        }
+    }
+    let mut ports = vec![0u32; 2 * 65536];
+    for (fi, b) in bounds.iter().enumerate() {
+        let mut cur = 0;
+        for p in 0..65536u32 {
+            if b.contains(&p) {
+                cur = p;
+            }
+            ports[fi * 65536 + p as usize] = cur;
+        }
+    }
+    image.ports = ports;
+    for plan in plans.iter() {
+        let mut lists: HashMap<(Field, u32, u32), Vec<Cand>> = HashMap::new();
+        let mut fields = 0u32;
+        for (prio, slot, a) in &plan.rules {
+            let c = Cand {
+                prio: *prio,
+                slot: *slot,
+            };
+            match a {
+                Anchor::Addr(f, addr, p) => lists.entry((*f, *addr, *p as u32)).or_default().push(c),
+                Anchor::Ports(f, r) => {
+                    let b = &bounds[(*f == Field::Dport) as usize];
+                    let mut classes = BTreeSet::new();
+                    for (lo, hi) in r {
+                        classes.extend(b.range(*lo as u32..=*hi as u32).copied());
+                    }
+                    for cls in classes {
+                        lists.entry((*f, cls, 0)).or_default().push(c);
+                    }
+                    lists.entry((Field::Dport, CLASS_TRUNC, 0)).or_default().push(c);
+                }
+                Anchor::Proto(p) => lists.entry((Field::Proto, *p as u32, 0)).or_default().push(c),
+                Anchor::Iface(f, h) => lists.entry((*f, *h, 0)).or_default().push(c),
+                Anchor::Float => lists.entry((Field::Float, 0, 0)).or_default().push(c),
+            }
+        }
+        for ((f, cls, plen), v) in lists {
+            fields |= 1 << f as u32;
+            push_list(image, plan.id, f, cls, plen, v);
+        }
+        image.chains.insert(
+            plan.id,
+            ChainRec {
+                fields,
+                tail_slot: plan.tail_slot,
+                policy: plan.policy,
+                skip: plan.skip as u8,
+                pad: 0,
+            },
+        );
+    }
+}
