@@ -58,7 +58,9 @@ fn main() {
     let clang = env::var("BPFIPT_CLANG").unwrap_or_else(|_| "clang-19".into());
     let obj = out.join("bpfipt.o");
     let status = Command::new(&clang)
-        .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
+        .args([
+            "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+        ])
         .arg(format!("-I{}", root.join("include").display()))
         .arg("-I/usr/include/x86_64-linux-gnu")
         .arg("-c")

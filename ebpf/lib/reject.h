@@ -62,13 +62,12 @@ static __always_inline __u32 local_kind_of(__be32 a)
 	return v ? v->kind : 0;
 }
 
-/* Sends the rewritten skb toward iph_daddr: lo's egress when local, else the route's
- * device with neighbour resolution. */
-static __always_inline int send_reply(struct __sk_buff *skb, __be32 daddr)
+/* Sends the rewritten skb toward daddr: lo's egress when local, else out of the device the
+ * offending packet arrived on, with the kernel's output route lookup and neighbour
+ * resolution (bpf_redirect_neigh without a nexthop). bpf_fib_lookup is not used here: it
+ * refuses devices without forwarding. Replies thus follow the reverse path. */
+static __always_inline int send_reply(struct __sk_buff *skb, __be32 daddr, __u32 in_ifindex)
 {
-	struct bpf_fib_lookup fib = {};
-	long r;
-
 	skb->tc_index = BPFIPT_TC_INDEX_REPLY;
 	skb->mark = 0;	/* IP4_REPLY_MARK without fwmark_reflect */
 	if (local_kind_of(daddr) == BPFIPT_LOCAL_UNICAST) {
@@ -78,18 +77,16 @@ static __always_inline int send_reply(struct __sk_buff *skb, __be32 daddr)
 		bpf_skb_store_bytes(skb, 0, eth, sizeof(eth), 0);
 		return bpf_redirect(cfg_lo(), 0);
 	}
-	fib.family = 2;	/* AF_INET */
-	fib.ipv4_dst = daddr;
-	fib.ifindex = skb->ifindex;
-	r = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH);
-	if (r != BPF_FIB_LKUP_RET_SUCCESS && r != BPF_FIB_LKUP_RET_NO_NEIGH)
+	if (!in_ifindex)
 		return TC_ACT_SHOT;
-	return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	return bpf_redirect_neigh(in_ifindex, NULL, 0, 0);
 }
 
 /* The source of an ICMP error: the offending packet's destination when it was ours,
- * else what routing picks toward its source (__icmp_send, inet_select_addr). */
-static __always_inline int icmp_source(struct __sk_buff *skb, const struct pkt *p, __be32 *src)
+ * else what routing picks toward its source (__icmp_send). Only a forwarded packet needs
+ * the lookup, and forwarding is on for the device it came from. */
+static __always_inline int icmp_source(struct __sk_buff *skb, const struct pkt *p, __be32 *src,
+				       __u32 in_ifindex)
 {
 	struct bpf_fib_lookup fib = {};
 	long r;
@@ -98,9 +95,16 @@ static __always_inline int icmp_source(struct __sk_buff *skb, const struct pkt *
 		*src = p->daddr;
 		return 0;
 	}
+	/* Toward a local address, routing picks that address. */
+	if (local_kind_of(p->saddr) == BPFIPT_LOCAL_UNICAST) {
+		*src = p->saddr;
+		return 0;
+	}
+	if (!in_ifindex)
+		return -1;
 	fib.family = 2;
 	fib.ipv4_dst = p->saddr;
-	fib.ifindex = skb->ifindex;
+	fib.ifindex = in_ifindex;
 	r = bpf_fib_lookup(skb, &fib, sizeof(fib),
 			   BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC);
 	if (r != BPF_FIB_LKUP_RET_SUCCESS && r != BPF_FIB_LKUP_RET_NO_NEIGH)
@@ -123,7 +127,8 @@ static __always_inline int reply_allowed(struct __sk_buff *skb, const struct pkt
 	return 1;
 }
 
-static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt *p, __u8 code)
+static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt *p, __u8 code,
+					__u32 in_ifindex)
 {
 	__u32 zero = 0, quoted, i;
 	__u8 *buf = bpf_map_lookup_elem(&reject_buf, &zero);
@@ -140,7 +145,7 @@ static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt 
 		return TC_ACT_SHOT;
 	if (p->proto == IPPROTO_ICMP && (p->l4len < 8 || icmp_is_error(p->icmp_type)))
 		return TC_ACT_SHOT;
-	if (icmp_source(skb, p, &src) < 0)
+	if (icmp_source(skb, p, &src, in_ifindex) < 0)
 		return TC_ACT_SHOT;
 	quoted = p->tot_len;
 	if (quoted > ICMP_QUOTE_MAX)
@@ -180,10 +185,10 @@ static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt 
 	h.csum = csum_fold32(sum);
 	if (bpf_skb_store_bytes(skb, ETH_HLEN_, &h, sizeof(h), 0) < 0)
 		return TC_ACT_SHOT;
-	return send_reply(skb, p->saddr);
+	return send_reply(skb, p->saddr, in_ifindex);
 }
 
-static __always_inline int send_reset(struct __sk_buff *skb, const struct pkt *p)
+static __always_inline int send_reset(struct __sk_buff *skb, const struct pkt *p, __u32 in_ifindex)
 {
 	struct tcph {
 		__be16 source, dest;
@@ -239,7 +244,7 @@ static __always_inline int send_reset(struct __sk_buff *skb, const struct pkt *p
 	if (bpf_skb_store_bytes(skb, ETH_HLEN_, &ip, 20, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN_ + 20, &th, 20, 0) < 0)
 		return TC_ACT_SHOT;
-	return send_reply(skb, p->saddr);
+	return send_reply(skb, p->saddr, in_ifindex);
 }
 
 /* ICMP_DEST_UNREACH codes of ipt_REJECT's reject_tg. */
@@ -267,7 +272,7 @@ static __always_inline int unreach_code(__u32 with)
 /* ipt_REJECT's reject_tg: a reply when the kernel would send one; the packet is dropped
  * in every case. */
 static __always_inline int do_reject(struct __sk_buff *skb, struct state *st, __u32 with,
-				     __u32 hook)
+				     __u32 in_ifindex)
 {
 	struct pkt *p = &st->p;
 	int r, code;
@@ -277,9 +282,9 @@ static __always_inline int do_reject(struct __sk_buff *skb, struct state *st, __
 		return TC_ACT_SHOT;
 	}
 	if (with == BPFIPT_REJ_TCP_RESET)
-		r = send_reset(skb, p);
+		r = send_reset(skb, p, in_ifindex);
 	else if ((code = unreach_code(with)) >= 0)
-		r = send_unreach(skb, p, code);
+		r = send_unreach(skb, p, code, in_ifindex);
 	else
 		r = TC_ACT_SHOT;
 	count_reason(r == TC_ACT_SHOT ? BPFIPT_R_REJECT_NO_REPLY : BPFIPT_R_REJECT_SENT);

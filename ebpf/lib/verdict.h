@@ -17,7 +17,7 @@ static __always_inline struct state *get_state(void)
 
 /* Runs the filter table for the chain `entry` and acts on its verdict. */
 static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u32 half,
-				    __u32 entry, __u32 hook)
+				    __u32 entry, __u32 in_ifindex)
 {
 	__u32 idx = half * BPFIPT_MAX_CHAINS + entry;
 	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
@@ -33,7 +33,7 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 	classify(st, half, entry);
 	count_reason(st->reason);
 	if (st->reject)
-		return do_reject(skb, st, st->reject - 1, hook);
+		return do_reject(skb, st, st->reject - 1, in_ifindex);
 	return st->verdict;
 }
 
@@ -84,14 +84,14 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 	st->p.has_out = 0;
 	__builtin_memset(st->p.out, 0, 16);
 	st->p.out_hash = 0;
-	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, 1);
+	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex);
 }
 
 static __always_inline int hook_egress(struct __sk_buff *skb)
 {
 	struct bpfipt_config *cfg = get_config();
 	struct state *st = get_state();
-	__u32 entry, hook;
+	__u32 entry, in_ifindex;
 	int r;
 
 	if (!cfg || !st)
@@ -110,17 +110,17 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 		 * ip_local_out): OUTPUT. */
 		skb->tc_index = 0;
 		entry = BPFIPT_CHAIN_OUTPUT;
-		hook = 3;
+		in_ifindex = 0;
 		st->p.has_in = 0;
 		__builtin_memset(st->p.in, 0, 16);
 		st->p.in_hash = 0;
 	} else {
 		entry = BPFIPT_CHAIN_FORWARD;
-		hook = 2;
+		in_ifindex = skb->ingress_ifindex;
 		st->p.has_in = ifname_of(skb->ingress_ifindex, st->p.in, &st->p.in_hash);
 	}
 	st->p.has_out = ifname_of(skb->ifindex, st->p.out, &st->p.out_hash);
-	return run_hook(skb, st, cfg->gen & 1, entry, hook);
+	return run_hook(skb, st, cfg->gen & 1, entry, in_ifindex);
 }
 
 #endif

@@ -17,7 +17,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::abi::{Family, Hook};
-use crate::ir::{self, Ruleset, RuleTarget, Verdict};
+use crate::ir::{self, RuleTarget, Ruleset, Verdict};
 use crate::layout::{
     self, inv as linv, kind, need, target, AddrKey, AddrVal, Cand, ChainRec, Field, ListKey,
     ListVal, MatchRec, RuleRec, CHUNK, CLASS_TRUNC, MAX_ANCESTORS, MAX_MATCHES, MAX_STACK,
@@ -145,7 +145,10 @@ impl fmt::Display for CompileError {
                 rule,
                 ext,
                 why,
-            } => write!(f, "chain {chain} rule {rule}: {ext}: not supported ({why:?})"),
+            } => write!(
+                f,
+                "chain {chain} rule {rule}: {ext}: not supported ({why:?})"
+            ),
             CompileError::JumpDepth { chain, depth } => {
                 write!(f, "chain {chain}: jumps nested {depth} deep")
             }
@@ -401,8 +404,14 @@ fn lower_match(
         // struct xt_udp { spts[2], dpts[2], invflags }
         ("tcp", 0) | ("udp", 0) => {
             let tcp = e.name == "tcp";
-            let sp = [u16_at(d, 0).ok_or_else(short)?, u16_at(d, 2).ok_or_else(short)?];
-            let dp = [u16_at(d, 4).ok_or_else(short)?, u16_at(d, 6).ok_or_else(short)?];
+            let sp = [
+                u16_at(d, 0).ok_or_else(short)?,
+                u16_at(d, 2).ok_or_else(short)?,
+            ];
+            let dp = [
+                u16_at(d, 4).ok_or_else(short)?,
+                u16_at(d, 6).ok_or_else(short)?,
+            ];
             let invf = if tcp {
                 if u8_at(d, 8).ok_or_else(short)? != 0 {
                     return Err(Why::Option("--tcp-option"));
@@ -473,7 +482,11 @@ fn lower_match(
                 }
             }
             if invert == 0 && flags < 2 && !ranges.is_empty() {
-                let f = if flags == 0 { Field::Sport } else { Field::Dport };
+                let f = if flags == 0 {
+                    Field::Sport
+                } else {
+                    Field::Dport
+                };
                 anchors.push(Anchor::Ports(f, ranges));
             }
         }
@@ -584,8 +597,22 @@ fn lower_rule(r: &ir::Rule, hooks: u8) -> Result<Lowered, (String, Why)> {
         }
     }
     for (field, name, mask, bit, nd, label) in [
-        (Field::Iif, &ip.iniface, &ip.iniface_mask, ir::inv::VIA_IN, need::IIF, "ip.iniface"),
-        (Field::Oif, &ip.outiface, &ip.outiface_mask, ir::inv::VIA_OUT, need::OIF, "ip.outiface"),
+        (
+            Field::Iif,
+            &ip.iniface,
+            &ip.iniface_mask,
+            ir::inv::VIA_IN,
+            need::IIF,
+            "ip.iniface",
+        ),
+        (
+            Field::Oif,
+            &ip.outiface,
+            &ip.outiface_mask,
+            ir::inv::VIA_OUT,
+            need::OIF,
+            "ip.outiface",
+        ),
     ] {
         if mask.iter().any(|b| *b != 0) || inv & bit != 0 {
             rec.need |= nd;
@@ -650,7 +677,14 @@ fn lower_rule(r: &ir::Rule, hooks: u8) -> Result<Lowered, (String, Why)> {
 fn reach(rs: &Ruleset) -> Result<Vec<u8>, CompileError> {
     let n = rs.chains.len();
     let mut hooks = vec![0u8; n];
-    fn walk(rs: &Ruleset, c: usize, bit: u8, depth: usize, hooks: &mut [u8], seen: &mut HashMap<(usize, usize), ()>) -> Result<(), CompileError> {
+    fn walk(
+        rs: &Ruleset,
+        c: usize,
+        bit: u8,
+        depth: usize,
+        hooks: &mut [u8],
+        seen: &mut HashMap<(usize, usize), ()>,
+    ) -> Result<(), CompileError> {
         if depth > MAX_STACK {
             return Err(CompileError::JumpDepth {
                 chain: rs.chains[c].name.clone(),
@@ -663,7 +697,9 @@ fn reach(rs: &Ruleset) -> Result<Vec<u8>, CompileError> {
         hooks[c] |= bit;
         for r in &rs.chains[c].rules {
             match r.target {
-                RuleTarget::Jump(t) if t != ir::NO_TARGET => walk(rs, t, bit, depth + 1, hooks, seen)?,
+                RuleTarget::Jump(t) if t != ir::NO_TARGET => {
+                    walk(rs, t, bit, depth + 1, hooks, seen)?
+                }
                 RuleTarget::Goto(t) => walk(rs, t, bit, depth, hooks, seen)?,
                 _ => {}
             }
@@ -689,7 +725,10 @@ struct ChainPlan {
 }
 
 /// Compiles the IPv4 filter table. `prev` is the assignment of the previous commit.
-pub fn compile(rs: &Ruleset, prev: &SlotAssignment) -> Result<(Image, SlotAssignment), CompileError> {
+pub fn compile(
+    rs: &Ruleset,
+    prev: &SlotAssignment,
+) -> Result<(Image, SlotAssignment), CompileError> {
     if rs.family != Family::V4 || rs.table != "filter" {
         return Err(CompileError::Table {
             family: rs.family,
@@ -798,7 +837,11 @@ pub fn compile(rs: &Ruleset, prev: &SlotAssignment) -> Result<(Image, SlotAssign
         let prios = number(&kept);
         let mut placed = Vec::with_capacity(ids.len());
         let mut rules = Vec::with_capacity(ids.len());
-        for ((id, k), (prio, l)) in ids.into_iter().zip(kept).zip(prios.into_iter().zip(lowered)) {
+        for ((id, k), (prio, l)) in ids
+            .into_iter()
+            .zip(kept)
+            .zip(prios.into_iter().zip(lowered))
+        {
             let slot = match k {
                 Some((s, _)) => s,
                 None => asg.alloc(&mut reusable),
@@ -870,10 +913,16 @@ fn number(kept: &[Option<(u32, u32)>]) -> Vec<u32> {
             continue;
         }
         let j = (i..n).find(|j| fixed[*j].is_some()).unwrap_or(n);
-        let next = if j < n { fixed[j].unwrap() as u64 } else { prev as u64 + (j - i + 1) as u64 * PRIO_GAP as u64 };
+        let next = if j < n {
+            fixed[j].unwrap() as u64
+        } else {
+            prev as u64 + (j - i + 1) as u64 * PRIO_GAP as u64
+        };
         let gap = (next - prev as u64) / (j - i + 1) as u64;
         if gap == 0 || next > u32::MAX as u64 - 1 {
-            return (0..n).map(|k| (k as u32 + 1) * PRIO_GAP.min(u32::MAX / (n as u32 + 1))).collect();
+            return (0..n)
+                .map(|k| (k as u32 + 1) * PRIO_GAP.min(u32::MAX / (n as u32 + 1)))
+                .collect();
         }
         for (k, o) in out.iter_mut().enumerate().take(j).skip(i) {
             *o = prev + (gap * (k - i + 1) as u64) as u32;
@@ -1007,7 +1056,9 @@ fn build_indexes(plans: &mut [ChainPlan], image: &mut Image) {
                 slot: *slot,
             };
             match a {
-                Anchor::Addr(f, addr, p) => lists.entry((*f, *addr, *p as u32)).or_default().push(c),
+                Anchor::Addr(f, addr, p) => {
+                    lists.entry((*f, *addr, *p as u32)).or_default().push(c)
+                }
                 Anchor::Ports(f, r) => {
                     let b = &bounds[(*f == Field::Dport) as usize];
                     let mut classes = BTreeSet::new();
@@ -1017,9 +1068,15 @@ fn build_indexes(plans: &mut [ChainPlan], image: &mut Image) {
                     for cls in classes {
                         lists.entry((*f, cls, 0)).or_default().push(c);
                     }
-                    lists.entry((Field::Dport, CLASS_TRUNC, 0)).or_default().push(c);
+                    lists
+                        .entry((Field::Dport, CLASS_TRUNC, 0))
+                        .or_default()
+                        .push(c);
                 }
-                Anchor::Proto(p) => lists.entry((Field::Proto, *p as u32, 0)).or_default().push(c),
+                Anchor::Proto(p) => lists
+                    .entry((Field::Proto, *p as u32, 0))
+                    .or_default()
+                    .push(c),
                 Anchor::Iface(f, h) => lists.entry((*f, *h, 0)).or_default().push(c),
                 Anchor::Float => lists.entry((Field::Float, 0, 0)).or_default().push(c),
             }

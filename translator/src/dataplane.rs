@@ -246,8 +246,13 @@ impl Dataplane {
 
     /// Writes the whole config entry in one update (the generation flip is one of these).
     pub fn set_config(&self, c: &Config) -> Result<(), Error> {
-        sys::map_update(&self.maps.config, &0u32.to_ne_bytes(), c.as_bytes(), sys::BPF_ANY)
-            .map_err(sys_err("update config"))
+        sys::map_update(
+            &self.maps.config,
+            &0u32.to_ne_bytes(),
+            c.as_bytes(),
+            sys::BPF_ANY,
+        )
+        .map_err(sys_err("update config"))
     }
 
     /// The half packets use now.
@@ -298,10 +303,13 @@ impl Dataplane {
                     let mut k = *k;
                     k.half = half;
                     match v {
-                        Some(v) => sys::map_update(&m.lists, k.as_bytes(), v.as_bytes(), sys::BPF_ANY)
-                            .map_err(sys_err("update lists"))?,
+                        Some(v) => {
+                            sys::map_update(&m.lists, k.as_bytes(), v.as_bytes(), sys::BPF_ANY)
+                                .map_err(sys_err("update lists"))?
+                        }
                         None => {
-                            sys::map_delete(&m.lists, k.as_bytes()).map_err(sys_err("delete lists"))?;
+                            sys::map_delete(&m.lists, k.as_bytes())
+                                .map_err(sys_err("delete lists"))?;
                         }
                     }
                 }
@@ -309,17 +317,25 @@ impl Dataplane {
                     let mut k = *k;
                     k.half = half;
                     match v {
-                        Some(v) => sys::map_update(&m.addrs, k.as_bytes(), v.as_bytes(), sys::BPF_ANY)
-                            .map_err(sys_err("update addrs"))?,
+                        Some(v) => {
+                            sys::map_update(&m.addrs, k.as_bytes(), v.as_bytes(), sys::BPF_ANY)
+                                .map_err(sys_err("update addrs"))?
+                        }
                         None => {
-                            sys::map_delete(&m.addrs, k.as_bytes()).map_err(sys_err("delete addrs"))?;
+                            sys::map_delete(&m.addrs, k.as_bytes())
+                                .map_err(sys_err("delete addrs"))?;
                         }
                     }
                 }
                 Change::Port(field, port, cls) => {
                     let idx = (half as u32 * 2 + *field as u32) * 65536 + *port as u32;
-                    sys::map_update(&m.ports, &idx.to_ne_bytes(), &cls.to_ne_bytes(), sys::BPF_ANY)
-                        .map_err(sys_err("update ports"))?;
+                    sys::map_update(
+                        &m.ports,
+                        &idx.to_ne_bytes(),
+                        &cls.to_ne_bytes(),
+                        sys::BPF_ANY,
+                    )
+                    .map_err(sys_err("update ports"))?;
                 }
                 Change::Rule(slot, rec) => {
                     if let Some(r) = rec {
@@ -391,8 +407,13 @@ impl Dataplane {
                 let l = b.len().min(15);
                 v.name[..l].copy_from_slice(&b[..l]);
                 v.hash = layout::ifname_hash(&v.name);
-                sys::map_update(&self.maps.ifnames, &ifindex.to_ne_bytes(), v.as_bytes(), sys::BPF_ANY)
-                    .map_err(sys_err("update ifnames"))
+                sys::map_update(
+                    &self.maps.ifnames,
+                    &ifindex.to_ne_bytes(),
+                    v.as_bytes(),
+                    sys::BPF_ANY,
+                )
+                .map_err(sys_err("update ifnames"))
             }
             None => sys::map_delete(&self.maps.ifnames, &ifindex.to_ne_bytes())
                 .map(|_| ())

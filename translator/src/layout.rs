@@ -170,7 +170,7 @@ pub struct LocalVal {
 }
 
 /// `struct bpfipt_match`: kind, inv, flags, count, then a 48-byte union (host order).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[repr(C)]
 pub struct MatchRec {
     pub kind: u8,
@@ -178,18 +178,6 @@ pub struct MatchRec {
     pub flags: u8,
     pub count: u8,
     pub u: [u32; 12],
-}
-
-impl Default for MatchRec {
-    fn default() -> Self {
-        MatchRec {
-            kind: 0,
-            inv: 0,
-            flags: 0,
-            count: 0,
-            u: [0; 12],
-        }
-    }
 }
 
 impl MatchRec {
@@ -249,7 +237,10 @@ pub unsafe trait Pod: Copy + 'static {
     fn as_bytes(&self) -> &[u8] {
         // SAFETY: Pod types are repr(C) plain data.
         unsafe {
-            std::slice::from_raw_parts(self as *const Self as *const u8, std::mem::size_of::<Self>())
+            std::slice::from_raw_parts(
+                self as *const Self as *const u8,
+                std::mem::size_of::<Self>(),
+            )
         }
     }
     fn from_bytes(b: &[u8]) -> Self {

@@ -270,8 +270,12 @@ pub fn possible_cpus() -> io::Result<usize> {
     let mut n = 0;
     for part in s.trim().split(',') {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let a: usize = a.parse().map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-        let b: usize = b.parse().map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let a: usize = a
+            .parse()
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let b: usize = b
+            .parse()
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
         n = n.max(b + 1);
         let _ = a;
     }

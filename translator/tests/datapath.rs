@@ -13,13 +13,16 @@ use translator::ir::Verdict::{Accept as A, Drop as D};
 
 use Outcome::{Accept, Drop};
 
+/// Rules for a hook's chain, and packets with their expected outcome.
+type RulesAndPackets = (Vec<R>, Vec<(P, Outcome)>);
+
 /// One datapath case: the (matcher, hooks) it covers, the rules for a hook, and packets
 /// with the outcome the kernel gives them.
 struct Case {
     name: &'static str,
     covers: &'static [&'static str],
     hooks: &'static [H],
-    run: fn(H) -> (Vec<R>, Vec<(P, Outcome)>),
+    run: fn(H) -> RulesAndPackets,
 }
 
 const ALL: &[H] = &[H::In, H::Fwd, H::Out];
@@ -54,7 +57,10 @@ const CASES: &[Case] = &[
                 vec![
                     rule().src("10.1.0.0", "255.255.0.0", false).drop(),
                     rule().src("10.0.0.1", "255.0.0.255", false).drop(),
-                    rule().src("192.168.0.0", "255.255.255.0", true).proto(6, false).drop(),
+                    rule()
+                        .src("192.168.0.0", "255.255.255.0", true)
+                        .proto(6, false)
+                        .drop(),
                 ],
                 vec![
                     (u("10.1.255.255", "10.9.0.1"), Drop),
@@ -77,8 +83,14 @@ const CASES: &[Case] = &[
         run: |_| {
             (
                 vec![
-                    rule().dst("10.9.0.0", "255.255.255.0", false).proto(17, false).drop(),
-                    rule().dst("10.8.0.7", "255.255.255.255", true).proto(6, false).drop(),
+                    rule()
+                        .dst("10.9.0.0", "255.255.255.0", false)
+                        .proto(17, false)
+                        .drop(),
+                    rule()
+                        .dst("10.8.0.7", "255.255.255.255", true)
+                        .proto(6, false)
+                        .drop(),
                 ],
                 vec![
                     (u("1.1.1.1", "10.9.0.255"), Drop),
@@ -108,8 +120,14 @@ const CASES: &[Case] = &[
                     (i("veth"), Drop),
                     (i("veth1234"), Drop),
                     (i("vet"), Accept),
-                    (with(pkt(1, "1.1.1.1", "10.9.0.1"), |p| p.iif = "lo".into()), Accept),
-                    (with(pkt(1, "1.1.1.1", "10.9.0.1"), |p| p.iif = "lo0".into()), Drop),
+                    (
+                        with(pkt(1, "1.1.1.1", "10.9.0.1"), |p| p.iif = "lo".into()),
+                        Accept,
+                    ),
+                    (
+                        with(pkt(1, "1.1.1.1", "10.9.0.1"), |p| p.iif = "lo0".into()),
+                        Drop,
+                    ),
                 ],
             )
         },
@@ -131,8 +149,14 @@ const CASES: &[Case] = &[
                     (o("eth10"), Accept),
                     (o("br-1a2b"), Drop),
                     (o("br"), Accept),
-                    (with(pkt(1, "1.1.1.1", "10.9.0.1"), |p| p.oif = "lo".into()), Accept),
-                    (with(pkt(1, "1.1.1.1", "10.9.0.1"), |p| p.oif = "eth1".into()), Drop),
+                    (
+                        with(pkt(1, "1.1.1.1", "10.9.0.1"), |p| p.oif = "lo".into()),
+                        Accept,
+                    ),
+                    (
+                        with(pkt(1, "1.1.1.1", "10.9.0.1"), |p| p.oif = "eth1".into()),
+                        Drop,
+                    ),
                 ],
             )
         },
@@ -145,8 +169,14 @@ const CASES: &[Case] = &[
             (
                 vec![
                     rule().proto(47, false).drop(),
-                    rule().proto(6, true).src("10.0.0.0", "255.0.0.0", false).drop(),
-                    rule().proto(0, false).src("11.0.0.0", "255.0.0.0", false).drop(),
+                    rule()
+                        .proto(6, true)
+                        .src("10.0.0.0", "255.0.0.0", false)
+                        .drop(),
+                    rule()
+                        .proto(0, false)
+                        .src("11.0.0.0", "255.0.0.0", false)
+                        .drop(),
                 ],
                 vec![
                     (pkt(47, "1.1.1.1", "10.9.0.1"), Drop),
@@ -167,7 +197,10 @@ const CASES: &[Case] = &[
             let f = |src: &str, frag: u16| with(u(src, "10.9.0.1"), |p| p.frag = frag);
             (
                 vec![
-                    rule().src("10.0.0.0", "255.0.0.0", false).frag(false).drop(),
+                    rule()
+                        .src("10.0.0.0", "255.0.0.0", false)
+                        .frag(false)
+                        .drop(),
                     rule().src("11.0.0.0", "255.0.0.0", false).frag(true).drop(),
                 ],
                 vec![
@@ -186,18 +219,36 @@ const CASES: &[Case] = &[
         covers: &["tcp", "std.accept"],
         hooks: ALL,
         run: |_| {
-            let t = |sp: u16, dp: u16, fl: u8| with(tc("10.0.0.1", "10.9.0.1"), |p| {
-                p.sport = sp;
-                p.dport = dp;
-                p.tcp_flags = fl;
-            });
+            let t = |sp: u16, dp: u16, fl: u8| {
+                with(tc("10.0.0.1", "10.9.0.1"), |p| {
+                    p.sport = sp;
+                    p.dport = dp;
+                    p.tcp_flags = fl;
+                })
+            };
             (
                 vec![
-                    rule().proto(6, false).m(tcp((0, 65535), (80, 80), (0, 0), 0)).drop(),
-                    rule().proto(6, false).m(tcp((1000, 2000), (0, 65535), (0, 0), 0)).drop(),
-                    rule().proto(6, false).m(tcp((0, 65535), (22, 22), (0, 0), 0x02)).m(tcp((0, 65535), (0, 65535), (0x17, 0x02), 0)).drop(),
-                    rule().proto(6, false).m(tcp((0, 65535), (0, 65535), (0x12, 0x12), 0)).accept(),
-                    rule().proto(6, false).m(tcp((0, 65535), (9, 9), (0x12, 0x02), 0x04)).accept(),
+                    rule()
+                        .proto(6, false)
+                        .m(tcp((0, 65535), (80, 80), (0, 0), 0))
+                        .drop(),
+                    rule()
+                        .proto(6, false)
+                        .m(tcp((1000, 2000), (0, 65535), (0, 0), 0))
+                        .drop(),
+                    rule()
+                        .proto(6, false)
+                        .m(tcp((0, 65535), (22, 22), (0, 0), 0x02))
+                        .m(tcp((0, 65535), (0, 65535), (0x17, 0x02), 0))
+                        .drop(),
+                    rule()
+                        .proto(6, false)
+                        .m(tcp((0, 65535), (0, 65535), (0x12, 0x12), 0))
+                        .accept(),
+                    rule()
+                        .proto(6, false)
+                        .m(tcp((0, 65535), (9, 9), (0x12, 0x02), 0x04))
+                        .accept(),
                     rule().proto(6, false).drop(),
                 ],
                 vec![
@@ -230,14 +281,20 @@ const CASES: &[Case] = &[
         covers: &["tcp"],
         hooks: ALL,
         run: |_| {
-            let t = |frag: u16, cut: Option<usize>| with(tc("10.0.0.1", "10.9.0.1"), |p| {
-                p.dport = 443;
-                p.frag = frag;
-                p.l4_cut = cut;
-            });
+            let t = |frag: u16, cut: Option<usize>| {
+                with(tc("10.0.0.1", "10.9.0.1"), |p| {
+                    p.dport = 443;
+                    p.frag = frag;
+                    p.l4_cut = cut;
+                })
+            };
             (
                 vec![
-                    rule().src("10.0.0.0", "255.0.0.0", false).proto(6, false).m(tcp((0, 65535), (443, 443), (0, 0), 0)).accept(),
+                    rule()
+                        .src("10.0.0.0", "255.0.0.0", false)
+                        .proto(6, false)
+                        .m(tcp((0, 65535), (443, 443), (0, 0), 0))
+                        .accept(),
                     rule().src("10.0.0.0", "255.0.0.0", false).drop(),
                 ],
                 vec![
@@ -254,15 +311,26 @@ const CASES: &[Case] = &[
         covers: &["udp"],
         hooks: ALL,
         run: |_| {
-            let x = |sp: u16, dp: u16| with(u("10.0.0.1", "10.9.0.1"), |p| {
-                p.sport = sp;
-                p.dport = dp;
-            });
+            let x = |sp: u16, dp: u16| {
+                with(u("10.0.0.1", "10.9.0.1"), |p| {
+                    p.sport = sp;
+                    p.dport = dp;
+                })
+            };
             (
                 vec![
-                    rule().proto(17, false).m(udp((0, 65535), (53, 53), 0)).drop(),
-                    rule().proto(17, false).m(udp((5000, 5010), (100, 200), 0x02)).drop(),
-                    rule().proto(17, false).m(udp((0, 65535), (0, 0), 0)).accept(),
+                    rule()
+                        .proto(17, false)
+                        .m(udp((0, 65535), (53, 53), 0))
+                        .drop(),
+                    rule()
+                        .proto(17, false)
+                        .m(udp((5000, 5010), (100, 200), 0x02))
+                        .drop(),
+                    rule()
+                        .proto(17, false)
+                        .m(udp((0, 65535), (0, 0), 0))
+                        .accept(),
                 ],
                 vec![
                     (x(1, 53), Drop),
@@ -287,10 +355,26 @@ const CASES: &[Case] = &[
             let i = |src: &str, t: u8, c: u8| with(pkt(1, src, "10.9.0.1"), |p| p.icmp = (t, c));
             (
                 vec![
-                    rule().src("10.0.0.1", "255.255.255.255", false).proto(1, false).m(icmp(8, (0, 255), false)).drop(),
-                    rule().src("10.0.0.2", "255.255.255.255", false).proto(1, false).m(icmp(3, (1, 3), false)).drop(),
-                    rule().src("10.0.0.3", "255.255.255.255", false).proto(1, false).m(icmp(0xff, (0, 255), false)).drop(),
-                    rule().src("10.0.0.4", "255.255.255.255", false).proto(1, false).m(icmp(0, (0, 255), true)).drop(),
+                    rule()
+                        .src("10.0.0.1", "255.255.255.255", false)
+                        .proto(1, false)
+                        .m(icmp(8, (0, 255), false))
+                        .drop(),
+                    rule()
+                        .src("10.0.0.2", "255.255.255.255", false)
+                        .proto(1, false)
+                        .m(icmp(3, (1, 3), false))
+                        .drop(),
+                    rule()
+                        .src("10.0.0.3", "255.255.255.255", false)
+                        .proto(1, false)
+                        .m(icmp(0xff, (0, 255), false))
+                        .drop(),
+                    rule()
+                        .src("10.0.0.4", "255.255.255.255", false)
+                        .proto(1, false)
+                        .m(icmp(0, (0, 255), true))
+                        .drop(),
                 ],
                 vec![
                     (i("10.0.0.1", 8, 0), Drop),
@@ -314,16 +398,34 @@ const CASES: &[Case] = &[
         covers: &["multiport"],
         hooks: ALL,
         run: |_| {
-            let x = |src: &str, sp: u16, dp: u16| with(tc(src, "10.9.0.1"), |p| {
-                p.sport = sp;
-                p.dport = dp;
-            });
+            let x = |src: &str, sp: u16, dp: u16| {
+                with(tc(src, "10.9.0.1"), |p| {
+                    p.sport = sp;
+                    p.dport = dp;
+                })
+            };
             (
                 vec![
-                    rule().src("10.0.0.1", "255.255.255.255", false).proto(6, false).m(multiport(1, &[(22, 22), (80, 80), (1000, 2000)], false)).drop(),
-                    rule().src("10.0.0.2", "255.255.255.255", false).proto(6, false).m(multiport(0, &[(7, 7), (9, 11)], false)).drop(),
-                    rule().src("10.0.0.3", "255.255.255.255", false).proto(6, false).m(multiport(2, &[(53, 53)], false)).drop(),
-                    rule().src("10.0.0.4", "255.255.255.255", false).proto(6, false).m(multiport(1, &[(443, 443), (8000, 8080)], true)).drop(),
+                    rule()
+                        .src("10.0.0.1", "255.255.255.255", false)
+                        .proto(6, false)
+                        .m(multiport(1, &[(22, 22), (80, 80), (1000, 2000)], false))
+                        .drop(),
+                    rule()
+                        .src("10.0.0.2", "255.255.255.255", false)
+                        .proto(6, false)
+                        .m(multiport(0, &[(7, 7), (9, 11)], false))
+                        .drop(),
+                    rule()
+                        .src("10.0.0.3", "255.255.255.255", false)
+                        .proto(6, false)
+                        .m(multiport(2, &[(53, 53)], false))
+                        .drop(),
+                    rule()
+                        .src("10.0.0.4", "255.255.255.255", false)
+                        .proto(6, false)
+                        .m(multiport(1, &[(443, 443), (8000, 8080)], true))
+                        .drop(),
                 ],
                 vec![
                     (x("10.0.0.1", 1, 22), Drop),
@@ -353,8 +455,22 @@ const CASES: &[Case] = &[
         run: |_| {
             (
                 vec![
-                    rule().proto(17, false).m(iprange(("10.0.0.5", "10.0.0.10"), ("0.0.0.0", "0.0.0.0"), 1)).drop(),
-                    rule().proto(6, false).m(iprange(("0.0.0.0", "0.0.0.0"), ("10.9.0.5", "10.9.0.6"), 2 | 0x20)).drop(),
+                    rule()
+                        .proto(17, false)
+                        .m(iprange(
+                            ("10.0.0.5", "10.0.0.10"),
+                            ("0.0.0.0", "0.0.0.0"),
+                            1,
+                        ))
+                        .drop(),
+                    rule()
+                        .proto(6, false)
+                        .m(iprange(
+                            ("0.0.0.0", "0.0.0.0"),
+                            ("10.9.0.5", "10.9.0.6"),
+                            2 | 0x20,
+                        ))
+                        .drop(),
                 ],
                 vec![
                     (u("10.0.0.4", "10.9.0.1"), Accept),
@@ -394,7 +510,8 @@ const CASES: &[Case] = &[
         covers: &["length"],
         hooks: ALL,
         run: |_| {
-            let l = |proto: u8, n: usize| with(pkt(proto, "1.1.1.1", "10.9.0.1"), |p| p.payload = n);
+            let l =
+                |proto: u8, n: usize| with(pkt(proto, "1.1.1.1", "10.9.0.1"), |p| p.payload = n);
             (
                 vec![
                     // udp: 28 bytes + payload
@@ -420,10 +537,22 @@ const CASES: &[Case] = &[
             let t = |src: &str, v: u8| with(u(src, "10.9.0.1"), |p| p.ttl = v);
             (
                 vec![
-                    rule().src("10.0.0.1", "255.255.255.255", false).m(ttl(0, 5)).drop(),
-                    rule().src("10.0.0.2", "255.255.255.255", false).m(ttl(1, 5)).drop(),
-                    rule().src("10.0.0.3", "255.255.255.255", false).m(ttl(2, 5)).drop(),
-                    rule().src("10.0.0.4", "255.255.255.255", false).m(ttl(3, 5)).drop(),
+                    rule()
+                        .src("10.0.0.1", "255.255.255.255", false)
+                        .m(ttl(0, 5))
+                        .drop(),
+                    rule()
+                        .src("10.0.0.2", "255.255.255.255", false)
+                        .m(ttl(1, 5))
+                        .drop(),
+                    rule()
+                        .src("10.0.0.3", "255.255.255.255", false)
+                        .m(ttl(2, 5))
+                        .drop(),
+                    rule()
+                        .src("10.0.0.4", "255.255.255.255", false)
+                        .m(ttl(3, 5))
+                        .drop(),
                 ],
                 vec![
                     (t("10.0.0.1", 5), Drop),
@@ -448,7 +577,10 @@ const CASES: &[Case] = &[
                     rule().m(comment("hello")),
                     rule().proto(17, false).m(comment("x")).drop(),
                 ],
-                vec![(u("1.1.1.1", "10.9.0.1"), Drop), (tc("1.1.1.1", "10.9.0.1"), Accept)],
+                vec![
+                    (u("1.1.1.1", "10.9.0.1"), Drop),
+                    (tc("1.1.1.1", "10.9.0.1"), Accept),
+                ],
             )
         },
     },
@@ -461,7 +593,11 @@ fn check_case(c: &Case, h: H) {
     hn.load(&rs);
     for (p, want) in packets {
         let (refv, _) = reference(&rs, h, &p);
-        assert_eq!(refv, want, "{}: {h:?}: reference disagrees with the case for {p:?}", c.name);
+        assert_eq!(
+            refv, want,
+            "{}: {h:?}: reference disagrees with the case for {p:?}",
+            c.name
+        );
         let got = hn.run(h, &p);
         assert_eq!(got, want, "{}: {h:?}: {p:?}", c.name);
     }
@@ -511,7 +647,10 @@ fn every_supported_matcher_has_a_test_on_each_hook() {
             }
         }
     }
-    assert!(missing.is_empty(), "supported without a test_run case: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "supported without a test_run case: {missing:?}"
+    );
 }
 
 /// Chains: jump, goto, RETURN, fall-off, policy, with counters (packets and bytes).
@@ -549,7 +688,13 @@ fn chains_jumps_gotos_returns_and_counters() {
                         rule().src("11.0.0.2", "255.255.255.255", false).jump(5),
                     ],
                 ),
-                ("C", vec![rule().proto(17, false).m(udp((0, 65535), (7, 7), 0)).accept()]),
+                (
+                    "C",
+                    vec![rule()
+                        .proto(17, false)
+                        .m(udp((0, 65535), (7, 7), 0))
+                        .accept()],
+                ),
             ],
         );
         let mut hn = Harness::new();
@@ -579,10 +724,17 @@ fn chains_jumps_gotos_returns_and_counters() {
         }
         let got = hn.counters();
         for (k, v) in &got {
-            assert_eq!(want.get(k).copied().unwrap_or_default(), *v, "{h:?} counter {k:?}");
+            assert_eq!(
+                want.get(k).copied().unwrap_or_default(),
+                *v,
+                "{h:?} counter {k:?}"
+            );
         }
         // The policy tail was counted (packets fell to DROP).
-        assert!(want.contains_key(&(["INPUT", "FORWARD", "OUTPUT"][h as usize].to_string(), usize::MAX)));
+        assert!(want.contains_key(&(
+            ["INPUT", "FORWARD", "OUTPUT"][h as usize].to_string(),
+            usize::MAX
+        )));
     }
 }
 
@@ -592,7 +744,12 @@ fn counters_survive_an_insert() {
     if !root() {
         return;
     }
-    let r1 = || rule().proto(17, false).m(udp((0, 65535), (53, 53), 0)).accept();
+    let r1 = || {
+        rule()
+            .proto(17, false)
+            .m(udp((0, 65535), (53, 53), 0))
+            .accept()
+    };
     let rs1 = in_hook(H::Out, vec![r1()]);
     let mut hn = Harness::new();
     hn.load(&rs1);
@@ -620,7 +777,10 @@ fn skipped_chain_and_fallback() {
     hn.load(&rs);
     let (ret, _, reasons) = hn.run_raw(H::Out, &u("1.1.1.1", "10.9.0.1"));
     assert_eq!(ret, 0);
-    assert!(reasons.contains_key(&translator::layout::Reason::PassSkippedChain), "{reasons:?}");
+    assert!(
+        reasons.contains_key(&translator::layout::Reason::PassSkippedChain),
+        "{reasons:?}"
+    );
     assert_eq!(hn.run(H::Fwd, &u("1.1.1.1", "10.9.0.1")), Drop);
     hn.dp.set_fallback(true).unwrap();
     assert_eq!(hn.run(H::Fwd, &u("1.1.1.1", "10.9.0.1")), Accept);

@@ -145,7 +145,11 @@ impl R {
         self.t(RuleTarget::Goto(c))
     }
     pub fn reject(self, with: u32) -> R {
-        self.t(RuleTarget::Ext(ext("REJECT", 0, with.to_ne_bytes().to_vec())))
+        self.t(RuleTarget::Ext(ext(
+            "REJECT",
+            0,
+            with.to_ne_bytes().to_vec(),
+        )))
     }
 }
 
@@ -249,10 +253,7 @@ pub fn comment(s: &str) -> Ext {
 }
 
 /// A filter table: INPUT, FORWARD, OUTPUT (policies given) then user chains.
-pub fn table(
-    builtins: [(Verdict, Vec<R>); 3],
-    user: Vec<(&str, Vec<R>)>,
-) -> Ruleset {
+pub fn table(builtins: [(Verdict, Vec<R>); 3], user: Vec<(&str, Vec<R>)>) -> Ruleset {
     let mut chains = Vec::new();
     let mut entry = 0;
     let mut mk = |name: &str, hook: Option<Hook>, policy: Option<Verdict>, rules: Vec<R>| {
@@ -342,7 +343,11 @@ pub fn pkt(proto: u8, src: &str, dst: &str) -> P {
 pub fn csum(data: &[u8], init: u32) -> u16 {
     let mut s = init as u64;
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { (c[0] as u16) << 8 };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            (c[0] as u16) << 8
+        };
         s += w as u64;
     }
     while s >> 16 != 0 {
@@ -390,7 +395,10 @@ impl P {
             pseudo.extend_from_slice(&self.dst);
             pseudo.extend_from_slice(&[0, self.proto]);
             pseudo.extend_from_slice(&(len as u16).to_be_bytes());
-            let ps: u32 = pseudo.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+            let ps: u32 = pseudo
+                .chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+                .sum();
             match self.proto {
                 6 => {
                     let c = csum(&l4, ps);
@@ -482,6 +490,11 @@ pub struct Harness {
     pub img: Image,
     pub asg: SlotAssignment,
     pub rs: Option<Ruleset>,
+    /// The device programs run on (ctx ifindex) and the one a forwarded packet came from.
+    pub dev: u32,
+    pub in_dev: u32,
+    /// Destination MAC of frames (the device's own, so skb->pkt_type is PACKET_HOST).
+    pub mac: [u8; 6],
 }
 
 impl Harness {
@@ -499,6 +512,9 @@ impl Harness {
             img: Image::default(),
             asg: SlotAssignment::default(),
             rs: None,
+            dev: 1,
+            in_dev: FAKE_IN_IFINDEX,
+            mac: [0; 6],
         }
     }
 
@@ -515,22 +531,42 @@ impl Harness {
         let before = self.dp.reasons().unwrap();
         let ctx = match hook {
             H::In => {
-                self.dp.set_local(p.dst, 32, Some(layout::LOCAL_UNICAST)).unwrap();
-                self.dp.set_ifname(1, Some(&p.iif)).unwrap();
-                SkbCtx { mark: p.mark, ifindex: 1, ingress_ifindex: 0 }
+                self.dp
+                    .set_local(p.dst, 32, Some(layout::LOCAL_UNICAST))
+                    .unwrap();
+                self.dp.set_ifname(self.dev, Some(&p.iif)).unwrap();
+                SkbCtx {
+                    mark: p.mark,
+                    ifindex: self.dev,
+                    ingress_ifindex: 0,
+                }
             }
             H::Fwd => {
-                self.dp.set_ifname(FAKE_IN_IFINDEX, Some(&p.iif)).unwrap();
-                self.dp.set_ifname(1, Some(&p.oif)).unwrap();
-                SkbCtx { mark: p.mark, ifindex: 1, ingress_ifindex: FAKE_IN_IFINDEX }
+                self.dp.set_ifname(self.in_dev, Some(&p.iif)).unwrap();
+                self.dp.set_ifname(self.dev, Some(&p.oif)).unwrap();
+                SkbCtx {
+                    mark: p.mark,
+                    ifindex: self.dev,
+                    ingress_ifindex: self.in_dev,
+                }
             }
             H::Out => {
-                self.dp.set_ifname(1, Some(&p.oif)).unwrap();
-                SkbCtx { mark: p.mark, ifindex: 1, ingress_ifindex: 0 }
+                self.dp.set_ifname(self.dev, Some(&p.oif)).unwrap();
+                SkbCtx {
+                    mark: p.mark,
+                    ifindex: self.dev,
+                    ingress_ifindex: 0,
+                }
             }
         };
-        let prog = if hook == H::In { Prog::Ingress } else { Prog::Egress };
-        let r = self.dp.test_run(prog, &p.frame(), &ctx).unwrap();
+        let prog = if hook == H::In {
+            Prog::Ingress
+        } else {
+            Prog::Egress
+        };
+        let mut frame = p.frame();
+        frame[..6].copy_from_slice(&self.mac);
+        let r = self.dp.test_run(prog, &frame, &ctx).unwrap();
         if hook == H::In {
             self.dp.set_local(p.dst, 32, None).unwrap();
         }
@@ -728,17 +764,27 @@ fn ip_match(ip: &IpHeader, v: &View<'_>, indev: &[u8; 16], outdev: &[u8; 16]) ->
     {
         return false;
     }
-    let differs = |dev: &[u8; 16], n: &[u8; 16], m: &[u8; 16]| (0..16).any(|i| (dev[i] ^ n[i]) & m[i] != 0);
-    if inv(ir::inv::VIA_IN, differs(indev, &ip.iniface, &ip.iniface_mask)) {
+    let differs =
+        |dev: &[u8; 16], n: &[u8; 16], m: &[u8; 16]| (0..16).any(|i| (dev[i] ^ n[i]) & m[i] != 0);
+    if inv(
+        ir::inv::VIA_IN,
+        differs(indev, &ip.iniface, &ip.iniface_mask),
+    ) {
         return false;
     }
-    if inv(ir::inv::VIA_OUT, differs(outdev, &ip.outiface, &ip.outiface_mask)) {
+    if inv(
+        ir::inv::VIA_OUT,
+        differs(outdev, &ip.outiface, &ip.outiface_mask),
+    ) {
         return false;
     }
     if ip.proto != 0 && inv(ir::inv::PROTO, v.p.proto as u16 != ip.proto) {
         return false;
     }
-    if inv(ir::inv::FRAG, ip.flags & ir::flag::V4_FRAG != 0 && v.fragoff == 0) {
+    if inv(
+        ir::inv::FRAG,
+        ip.flags & ir::flag::V4_FRAG != 0 && v.fragoff == 0,
+    ) {
         return false;
     }
     true
