@@ -11,6 +11,7 @@ pub mod compile;
 pub mod daemon;
 pub mod dataplane;
 pub mod ext;
+pub mod gen;
 pub mod ir;
 pub mod kernel;
 pub mod layout;
