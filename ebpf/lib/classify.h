@@ -94,13 +94,14 @@ static __always_inline void setup_chain(struct state *st, const struct bpfipt_ch
 		add_addr_heads(st, BPFIPT_F_SRC, p->saddr);
 	if (f & (1 << BPFIPT_F_DST))
 		add_addr_heads(st, BPFIPT_F_DST, p->daddr);
-	if (p->has_ports) {
+	if (p->trunc_ports) {
+		if (f & ((1 << BPFIPT_F_SPORT) | (1 << BPFIPT_F_DPORT)))
+			add_head(st, BPFIPT_F_DPORT, BPFIPT_CLASS_TRUNC, 0);
+	} else if (p->has_ports) {
 		if (f & (1 << BPFIPT_F_SPORT))
 			add_head(st, BPFIPT_F_SPORT, port_class(st->half, 0, p->sport), 0);
 		if (f & (1 << BPFIPT_F_DPORT))
 			add_head(st, BPFIPT_F_DPORT, port_class(st->half, 1, p->dport), 0);
-	} else if (p->trunc_ports && (f & ((1 << BPFIPT_F_SPORT) | (1 << BPFIPT_F_DPORT)))) {
-		add_head(st, BPFIPT_F_DPORT, BPFIPT_CLASS_TRUNC, 0);
 	}
 	if (f & (1 << BPFIPT_F_PROTO))
 		add_head(st, BPFIPT_F_PROTO, p->proto, 0);

@@ -104,7 +104,7 @@ struct pkt {
 	__u8 ttl;
 	__u8 tos;
 	__u8 has_ports;	/* port protocol, first fragment, 4 bytes of L4 */
-	__u8 trunc_ports;	/* port protocol, first fragment, ports missing */
+	__u8 trunc_ports;	/* ports unknown, port matches must still run (hotdrop) */
 	__u8 tcpflags;
 	__u8 icmp_type;
 	__u8 icmp_code;

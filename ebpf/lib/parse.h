@@ -70,8 +70,12 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	p->sport = p->dport = 0;
 	p->tcpflags = 0;
 	p->icmp_type = p->icmp_code = 0;
-	if (p->fragoff)
+	if (p->fragoff) {
+		/* tcp_mt drops "evil" offset-1 fragments whatever its ports: the rules
+		 * anchored on ports must be seen (the TRUNC list). */
+		p->trunc_ports = p->proto == IPPROTO_TCP && p->fragoff == 1;
 		return PARSE_OK;
+	}
 	__builtin_memset(l4, 0, sizeof(l4));
 	{
 		__u32 off = ETH_HLEN_ + p->ihl;
@@ -95,9 +99,12 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 			p->has_ports = 1;
 			p->sport = ((__u16)l4[0] << 8) | l4[1];
 			p->dport = ((__u16)l4[2] << 8) | l4[3];
-		} else {
-			p->trunc_ports = 1;
 		}
+		/* Shorter than what the match reads (tcp_mt 20, udp_mt 8, multiport_mt 4 bytes):
+		 * the match hotdrops whatever the ports, so every port-anchored rule is a
+		 * candidate (the TRUNC list). */
+		if (p->l4len < (p->proto == IPPROTO_TCP ? 20 : p->proto == IPPROTO_UDP ? 8 : 4))
+			p->trunc_ports = 1;
 	}
 	p->tcpflags = l4[13];
 	p->icmp_type = l4[0];

@@ -27,6 +27,8 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 		return TC_ACT_OK;
 	}
 	if (c->skip) {
+		/* Nothing to classify, but the kernel counts the policy. */
+		count_slot(c->tail_slot, st->p.bytes);
 		count_reason(BPFIPT_R_PASS_SKIPPED_CHAIN);
 		return TC_ACT_OK;
 	}
