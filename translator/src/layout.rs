@@ -275,3 +275,126 @@ pub fn ifname_hash(name: &[u8; 16]) -> u32 {
     }
     h
 }
+
+/// Cilium's alignchecker: the sizes and member offsets of the C structs, read from the BTF
+/// of the compiled object, must equal the Rust mirrors'.
+#[cfg(test)]
+mod alignchecker {
+    use super::*;
+    use std::collections::HashMap;
+    use std::mem::{offset_of, size_of};
+
+    /// struct name -> (size, member name -> byte offset), from the object's `.BTF`.
+    fn btf_structs() -> HashMap<String, (u32, HashMap<String, u32>)> {
+        use object::{Object, ObjectSection};
+        let obj = object::File::parse(crate::dataplane::OBJECT).unwrap();
+        let btf = obj.section_by_name(".BTF").unwrap().data().unwrap();
+        let u32_at = |o: usize| u32::from_le_bytes(btf[o..o + 4].try_into().unwrap());
+        assert_eq!(u16::from_le_bytes([btf[0], btf[1]]), 0xeb9f, "BTF magic");
+        let hdr = u32_at(4) as usize;
+        let (type_off, type_len) = (u32_at(8) as usize, u32_at(12) as usize);
+        let str_off = u32_at(16) as usize;
+        let strs = &btf[hdr + str_off..];
+        let name = |off: u32| -> String {
+            let s = &strs[off as usize..];
+            String::from_utf8_lossy(&s[..s.iter().position(|b| *b == 0).unwrap()]).into_owned()
+        };
+        let mut out = HashMap::new();
+        let mut p = hdr + type_off;
+        let end = p + type_len;
+        while p < end {
+            let (name_off, info, size) = (u32_at(p), u32_at(p + 4), u32_at(p + 8));
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kflag = info >> 31 != 0;
+            p += 12;
+            match kind {
+                // STRUCT, UNION: members (name_off, type, offset in bits)
+                4 | 5 => {
+                    let mut members = HashMap::new();
+                    for i in 0..vlen {
+                        let q = p + 12 * i;
+                        let off = u32_at(q + 8);
+                        let bits = if kflag { off & 0xff_ffff } else { off };
+                        members.insert(name(u32_at(q)), bits / 8);
+                    }
+                    if kind == 4 {
+                        out.insert(name(name_off), (size, members));
+                    }
+                    p += 12 * vlen;
+                }
+                // INT, VAR, DECL_TAG: one word
+                1 | 14 | 17 => p += 4,
+                // ARRAY
+                3 => p += 12,
+                // ENUM, FUNC_PROTO
+                6 | 13 => p += 8 * vlen,
+                // DATASEC, ENUM64
+                15 | 19 => p += 12 * vlen,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    macro_rules! check {
+        ($btf:expr, $c:literal, $t:ty, [$($f:ident),*]) => {{
+            let (size, members) = $btf.get($c).unwrap_or_else(|| panic!("{} not in BTF", $c));
+            assert_eq!(*size as usize, size_of::<$t>(), "size of {}", $c);
+            $(
+                assert_eq!(
+                    members.get(stringify!($f)).copied().unwrap_or_else(|| panic!("{}.{} not in BTF", $c, stringify!($f))) as usize,
+                    offset_of!($t, $f),
+                    "offset of {}.{}", $c, stringify!($f)
+                );
+            )*
+            assert_eq!(members.len(), [$(stringify!($f)),*].len(), "members of {}", $c);
+        }};
+    }
+
+    #[test]
+    fn c_and_rust_layouts_agree() {
+        let b = btf_structs();
+        check!(
+            b,
+            "bpfipt_config",
+            Config,
+            [gen, fallback, default_ttl, lo_ifindex]
+        );
+        check!(
+            b,
+            "bpfipt_chain",
+            ChainRec,
+            [fields, tail_slot, policy, skip, pad]
+        );
+        check!(
+            b,
+            "bpfipt_list_key",
+            ListKey,
+            [half, field, chain, cls, plen, chunk]
+        );
+        check!(b, "bpfipt_cand", Cand, [prio, slot]);
+        check!(b, "bpfipt_list", ListVal, [n, more, pad, e]);
+        check!(
+            b,
+            "bpfipt_addr_key",
+            AddrKey,
+            [prefixlen, half, field, chain_hi, chain_lo, addr]
+        );
+        check!(b, "bpfipt_addr_val", AddrVal, [n, plen, pad]);
+        check!(b, "bpfipt_ifname", Ifname, [name, hash]);
+        check!(b, "bpfipt_local_key", LocalKey, [prefixlen, addr]);
+        check!(b, "bpfipt_local_val", LocalVal, [kind]);
+        check!(b, "bpfipt_match", MatchRec, [kind, inv, flags, count, u]);
+        check!(
+            b,
+            "bpfipt_rule",
+            RuleRec,
+            [
+                src, smsk, dst, dmsk, iif, iifmask, oif, oifmask, proto, ipflags, invflags, need,
+                nmatch, target, reject, chain, pad, m
+            ]
+        );
+        check!(b, "bpfipt_counter", Counter, [packets, bytes]);
+    }
+}
