@@ -17,7 +17,7 @@
 /* Jump stack depth (the kernel's is the number of user chains; deeper graphs fall back). */
 #define BPFIPT_MAX_STACK 16
 /* Matches per rule record (comment is not stored). */
-#define BPFIPT_MAX_MATCHES 4
+#define BPFIPT_MAX_MATCHES 6
 /* Entries of one chunk of a candidate list. */
 #define BPFIPT_CHUNK 15
 /* Nested address classes a packet can hit per field and chain. */

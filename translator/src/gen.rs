@@ -16,7 +16,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -25,7 +25,7 @@ impl Rng {
     }
     /// Uniform in 0..n.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     /// True with probability pct/100.
     pub fn pct(&mut self, pct: u64) -> bool {
@@ -52,7 +52,7 @@ fn prefix(rng: &mut Rng, base: u32, base_len: u8, wildcard_pct: u64) -> (u32, u8
     }
     let len = [16u8, 24, 24, 32, 32][rng.below(5) as usize];
     let host_bits = 32 - base_len as u32;
-    let a = base | (rng.next() as u32 & ((1u32 << host_bits) - 1));
+    let a = base | (rng.next_u64() as u32 & ((1u32 << host_bits) - 1));
     let mask = if len == 0 {
         0
     } else {
@@ -94,7 +94,7 @@ pub fn classbench(n: usize, seed: u64) -> Vec<Tuple> {
             let src = prefix(&mut rng, 0x0a00_0000, 8, 40);
             let mut dst = prefix(&mut rng, 0xac10_0000, 12, 10);
             if src.1 == 0 && dst.1 == 0 {
-                dst = (0xac10_0000 | (rng.next() as u32 & 0x000f_ff00), 24);
+                dst = (0xac10_0000 | (rng.next_u64() as u32 & 0x000f_ff00), 24);
             }
             Tuple {
                 src,
@@ -209,6 +209,7 @@ pub fn ruleset(hook: crate::abi::Hook, rules: &[Tuple], policy: Verdict) -> ir::
     use crate::abi::{Family, Hook};
     let mut entry = 0;
     let mut chains = Vec::new();
+    #[allow(clippy::explicit_counter_loop)]
     for h in [Hook::LocalIn, Hook::Forward, Hook::LocalOut] {
         let rs: Vec<Rule> = if h == hook {
             rules

@@ -9,7 +9,7 @@ pub const CHAIN_FORWARD: u32 = 1;
 pub const CHAIN_OUTPUT: u32 = 2;
 pub const MAX_CHAINS: u32 = 4096;
 pub const MAX_STACK: usize = 16;
-pub const MAX_MATCHES: usize = 4;
+pub const MAX_MATCHES: usize = 6;
 pub const CHUNK: usize = 15;
 pub const MAX_ANCESTORS: usize = 6;
 pub const TC_INDEX_REPLY: u32 = 0xb1f7;
@@ -198,7 +198,7 @@ impl MatchRec {
 }
 
 /// `struct bpfipt_rule`
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, Eq)]
 #[repr(C)]
 pub struct RuleRec {
     pub src: u32,
@@ -220,6 +220,63 @@ pub struct RuleRec {
     pub pad: u32,
     pub m: [MatchRec; MAX_MATCHES],
 }
+
+// A record is compared and hashed as the bytes the datapath reads (no implicit padding).
+impl PartialEq for RuleRec {
+    fn eq(&self, o: &Self) -> bool {
+        self.as_bytes() == o.as_bytes()
+    }
+}
+
+impl std::hash::Hash for RuleRec {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
+    }
+}
+
+/// A fast non-cryptographic hasher for compile's maps (keys are ours, not an attacker's).
+#[derive(Clone, Copy, Default)]
+pub struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut c = bytes.chunks_exact(8);
+        for w in &mut c {
+            self.add(u64::from_ne_bytes(w.try_into().unwrap()));
+        }
+        for b in c.remainder() {
+            self.add(*b as u64);
+        }
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.add(v as u64)
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.add(v as u64)
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.add(v as u64)
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.add(v)
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64)
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+pub type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+pub type FxMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
+pub type FxSet<K> = std::collections::HashSet<K, FxBuild>;
 
 /// `struct bpfipt_counter`
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

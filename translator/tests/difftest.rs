@@ -42,10 +42,10 @@ fn random_rule(rng: &mut Rng, h: H, chain: usize, nchains: usize) -> R {
         r = r.dst(a, m, rng.pct(20));
     }
     if h != H::Out && rng.pct(15) {
-        r = r.iif(*pick(rng, &["eth0", "eth+", "veth1"]), rng.pct(25));
+        r = r.iif(pick::<&str>(rng, &["eth0", "eth+", "veth1"]), rng.pct(25));
     }
     if h != H::In && rng.pct(15) {
-        r = r.oif(*pick(rng, &["eth1", "eth+", "br0"]), rng.pct(25));
+        r = r.oif(pick::<&str>(rng, &["eth1", "eth+", "br0"]), rng.pct(25));
     }
     if rng.pct(8) {
         r = r.frag(rng.pct(30));
@@ -225,7 +225,15 @@ fn datapath_equals_reference_on_random_rulesets() {
         let mut hn = Harness::new();
         for round in 0..rounds {
             let rs = random_ruleset(&mut rng, h);
-            hn.load(&rs);
+            match hn.try_load(&rs) {
+                Ok(()) => {}
+                // More matches than a record holds: the kernel keeps such a table.
+                Err(translator::compile::CompileError::Rule {
+                    why: translator::compile::Why::TooManyMatches,
+                    ..
+                }) => continue,
+                Err(e) => panic!("{e}"),
+            }
             let base = hn.counters();
             let mut want: HashMap<(String, usize), (u64, u64)> = HashMap::new();
             for _ in 0..40 {

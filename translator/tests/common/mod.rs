@@ -522,11 +522,16 @@ impl Harness {
     }
 
     pub fn load(&mut self, rs: &Ruleset) {
-        let (img, asg) = compile::compile(rs, &self.asg).unwrap_or_else(|e| panic!("{e}"));
+        self.try_load(rs).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_load(&mut self, rs: &Ruleset) -> Result<(), compile::CompileError> {
+        let (img, asg) = compile::compile(rs, &self.asg)?;
         self.dp.commit(&self.img, &img).unwrap();
         self.img = img;
         self.asg = asg;
         self.rs = Some(rs.clone());
+        Ok(())
     }
 
     /// Runs the packet through `hook`'s program; the verdict and the packet afterwards.
