@@ -115,8 +115,11 @@ struct bpfipt_chain {
 	__u32 tail_slot;	/* counters slot of the policy / user chain's RETURN */
 	__u8 policy;	/* BPFIPT_T_ACCEPT or _DROP (built-in), BPFIPT_T_RETURN (user) */
 	__u8 skip;	/* empty built-in chain with policy ACCEPT */
-	__u16 pad;
+	__u16 needs;	/* built-in chains: BPFIPT_CHAIN_NEEDS_* of the table */
 };
+
+/* The table has rules on interface names: look the devices' names up. */
+#define BPFIPT_CHAIN_NEEDS_IFNAMES 0x0001
 
 /* lists: HASH, a chunk of the candidate list of one class of one field of one chain. */
 struct bpfipt_list_key {

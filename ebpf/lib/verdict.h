@@ -15,9 +15,10 @@ static __always_inline struct state *get_state(void)
 	return bpf_map_lookup_elem(&scratch, &zero);
 }
 
-/* Runs the filter table for the chain `entry` and acts on its verdict. */
+/* Runs the filter table for the chain `entry` and acts on its verdict. Devices: `in_dev`
+ * and `out_dev` name the -i / -o devices (0: none); replies leave through `in_dev`. */
 static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u32 half,
-				    __u32 entry, __u32 in_ifindex)
+				    __u32 entry, __u32 in_dev, __u32 out_dev)
 {
 	__u32 idx = half * BPFIPT_MAX_CHAINS + entry;
 	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
@@ -32,10 +33,22 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 		count_reason(BPFIPT_R_PASS_SKIPPED_CHAIN);
 		return TC_ACT_OK;
 	}
+	st->p.has_in = 0;
+	st->p.has_out = 0;
+	st->p.in_hash = 0;
+	st->p.out_hash = 0;
+	__builtin_memset(st->p.in, 0, 16);
+	__builtin_memset(st->p.out, 0, 16);
+	if (c->needs & BPFIPT_CHAIN_NEEDS_IFNAMES) {
+		if (in_dev)
+			st->p.has_in = ifname_of(in_dev, st->p.in, &st->p.in_hash);
+		if (out_dev)
+			st->p.has_out = ifname_of(out_dev, st->p.out, &st->p.out_hash);
+	}
 	classify(st, half, entry);
 	count_reason(st->reason);
 	if (st->reject)
-		return do_reject(skb, st, st->reject - 1, in_ifindex);
+		return do_reject(skb, st, st->reject - 1, in_dev);
 	return st->verdict;
 }
 
@@ -82,11 +95,7 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
 		return TC_ACT_OK;
 	}
-	st->p.has_in = ifname_of(skb->ifindex, st->p.in, &st->p.in_hash);
-	st->p.has_out = 0;
-	__builtin_memset(st->p.out, 0, 16);
-	st->p.out_hash = 0;
-	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex);
+	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0);
 }
 
 static __always_inline int hook_egress(struct __sk_buff *skb)
@@ -113,16 +122,11 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 		skb->tc_index = 0;
 		entry = BPFIPT_CHAIN_OUTPUT;
 		in_ifindex = 0;
-		st->p.has_in = 0;
-		__builtin_memset(st->p.in, 0, 16);
-		st->p.in_hash = 0;
 	} else {
 		entry = BPFIPT_CHAIN_FORWARD;
 		in_ifindex = skb->ingress_ifindex;
-		st->p.has_in = ifname_of(skb->ingress_ifindex, st->p.in, &st->p.in_hash);
 	}
-	st->p.has_out = ifname_of(skb->ifindex, st->p.out, &st->p.out_hash);
-	return run_hook(skb, st, cfg->gen & 1, entry, in_ifindex);
+	return run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex);
 }
 
 #endif

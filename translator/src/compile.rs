@@ -903,7 +903,23 @@ pub fn compile(
     }
     asg.free = reusable;
     asg.pending = freed;
+    let ifnames = image
+        .rules
+        .iter()
+        .flatten()
+        .any(|r| r.need & (need::IIF | need::OIF) != 0);
     build_indexes(&mut plans, &mut image);
+    if ifnames {
+        for id in [
+            layout::CHAIN_INPUT,
+            layout::CHAIN_FORWARD,
+            layout::CHAIN_OUTPUT,
+        ] {
+            if let Some(c) = image.chains.get_mut(&id) {
+                c.needs |= layout::CHAIN_NEEDS_IFNAMES;
+            }
+        }
+    }
     Ok((image, asg))
 }
 
@@ -1109,7 +1125,7 @@ fn build_indexes(plans: &mut [ChainPlan], image: &mut Image) {
                 tail_slot: plan.tail_slot,
                 policy: plan.policy,
                 skip: plan.skip as u8,
-                pad: 0,
+                needs: 0,
             },
         );
     }

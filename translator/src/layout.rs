@@ -92,8 +92,12 @@ pub struct ChainRec {
     pub tail_slot: u32,
     pub policy: u8,
     pub skip: u8,
-    pub pad: u16,
+    /// Built-in chains: `CHAIN_NEEDS_*` of the table.
+    pub needs: u16,
 }
+
+/// `BPFIPT_CHAIN_NEEDS_IFNAMES`
+pub const CHAIN_NEEDS_IFNAMES: u16 = 0x0001;
 
 /// `struct bpfipt_list_key`
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -422,7 +426,7 @@ mod alignchecker {
             b,
             "bpfipt_chain",
             ChainRec,
-            [fields, tail_slot, policy, skip, pad]
+            [fields, tail_slot, policy, skip, needs]
         );
         check!(
             b,

@@ -90,3 +90,65 @@ fn b2_ns_per_packet() {
         );
     }
 }
+
+/// Where the fixed cost goes: fallback (no parsing), an empty chain (parse, local lookup,
+/// device names), and one chain of 10 rules.
+#[test]
+#[ignore]
+fn b2_breakdown() {
+    if !root() {
+        return;
+    }
+    let dp = Dataplane::load(Limits::default()).unwrap();
+    dp.set_ifname(1, Some("eth0")).unwrap();
+    let p = {
+        let mut p = pkt(17, "192.0.2.1", "198.51.100.2");
+        p.dport = 9;
+        p
+    };
+    dp.set_local(p.dst, 32, Some(translator::layout::LOCAL_UNICAST))
+        .unwrap();
+    let ctx = SkbCtx {
+        ifindex: 1,
+        ..Default::default()
+    };
+    let run = |label: &str| {
+        let v: Vec<f64> = (0..5)
+            .map(|_| {
+                dp.test_run_repeat(Prog::Ingress, &p.frame(), &ctx, 100_000)
+                    .unwrap()
+                    .duration
+                    .as_nanos() as f64
+            })
+            .collect();
+        let (m, lo, hi) = median(v);
+        println!("{label:<28} {m:>6.0} ns ({lo:.0}..{hi:.0})");
+    };
+    dp.set_fallback(true).unwrap();
+    run("fallback");
+    dp.set_fallback(false).unwrap();
+    let mut old = translator::compile::Image::default();
+    let asg = translator::compile::SlotAssignment::default();
+    let rs = gen::ruleset(Hook::LocalIn, &[], Verdict::Accept);
+    let (img, _) = translator::compile::compile(&rs, &asg).unwrap();
+    dp.commit(&old, &img).unwrap();
+    old = img;
+    run("empty chain (skipped)");
+    let rs = gen::ruleset(Hook::LocalIn, &[], Verdict::Drop);
+    let (img, _) = translator::compile::compile(&rs, &asg).unwrap();
+    dp.commit(&old, &img).unwrap();
+    old = img;
+    dp.set_local(p.dst, 32, Some(translator::layout::LOCAL_UNICAST))
+        .unwrap();
+    let (ret, _) = (
+        dp.test_run(Prog::Ingress, &p.frame(), &ctx).unwrap().retval,
+        (),
+    );
+    assert_eq!(ret, 2);
+    run("empty chain, policy DROP");
+    let rules = gen::classbench(10, 42);
+    let rs = gen::ruleset(Hook::LocalIn, &rules, Verdict::Drop);
+    let (img, _) = translator::compile::compile(&rs, &asg).unwrap();
+    dp.commit(&old, &img).unwrap();
+    run("10 rules, policy DROP");
+}
