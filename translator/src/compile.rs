@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::abi::{Family, Hook};
 use crate::ir::{self, RuleTarget, Ruleset, Verdict};
@@ -161,17 +162,38 @@ impl fmt::Display for CompileError {
 
 impl std::error::Error for CompileError {}
 
+/// The candidate lists and address classes of one chain.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChainIndex {
+    pub lists: HashMap<ListKey, ListVal>,
+    pub addrs: HashMap<AddrKey, AddrVal>,
+}
+
+/// What compile produced for one chain: its rules (slot, priority, record) and indexes.
+/// Shared (`Arc`) between the images and assignments of consecutive commits while the
+/// chain does not change, so unchanged chains cost nothing to compile and to diff.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChainImage {
+    pub rec: ChainRec,
+    rules: Arc<ChainRules>,
+    pub index: Arc<ChainIndex>,
+}
+
+impl ChainImage {
+    /// (slot, record) of the chain's rules in order.
+    pub fn rules(&self) -> impl Iterator<Item = (u32, &RuleRec)> {
+        self.rules.placed.iter().map(|p| (p.slot, &p.rec))
+    }
+}
+
 /// The entries of one half of the halved maps, plus the rule records by slot. Keys carry
 /// half 0; `dataplane` sets the half when it writes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Image {
-    pub chains: BTreeMap<u32, ChainRec>,
-    pub lists: HashMap<ListKey, ListVal>,
-    pub addrs: HashMap<AddrKey, AddrVal>,
+    /// By chain id.
+    pub chains: BTreeMap<u32, ChainImage>,
     /// `ports[field * 65536 + port]` (field 0 sport, 1 dport); empty means all 0.
-    pub ports: Vec<u32>,
-    /// Rule records by slot (not halved).
-    pub rules: Vec<Option<RuleRec>>,
+    pub ports: Arc<Vec<u32>>,
 }
 
 /// One map write (`None`: delete) in a half.
@@ -185,116 +207,209 @@ pub enum Change {
     Rule(u32, Option<Box<RuleRec>>),
 }
 
+fn diff_map<K: Copy + Eq + std::hash::Hash, V: Copy + PartialEq>(
+    new: Option<&HashMap<K, V>>,
+    old: Option<&HashMap<K, V>>,
+    put: impl Fn(K, Option<V>) -> Change,
+    adds: &mut Vec<Change>,
+    dels: &mut Vec<Change>,
+) {
+    if let Some(n) = new {
+        for (k, v) in n {
+            if old.and_then(|o| o.get(k)) != Some(v) {
+                adds.push(put(*k, Some(*v)));
+            }
+        }
+    }
+    if let Some(o) = old {
+        for k in o.keys() {
+            if !new.is_some_and(|n| n.contains_key(k)) {
+                dels.push(put(*k, None));
+            }
+        }
+    }
+}
+
 impl Image {
-    fn port(&self, i: usize) -> u32 {
-        self.ports.get(i).copied().unwrap_or(0)
+    /// Every rule record by slot.
+    pub fn rules(&self) -> impl Iterator<Item = (u32, &RuleRec)> {
+        self.chains.values().flat_map(|c| c.rules())
     }
 
-    /// What turns `old` into `self`: new records first (rules before what references them).
+    /// What turns `old` into `self`: rule records first, then what references them, then
+    /// deletions. Chains shared with `old` are skipped without a look.
     pub fn diff(&self, old: &Image) -> Vec<Change> {
-        let mut out = Vec::new();
-        for (s, r) in self.rules.iter().enumerate() {
-            if let Some(r) = r {
-                if old.rules.get(s).copied().flatten().as_ref() != Some(r) {
-                    out.push(Change::Rule(s as u32, Some(Box::new(*r))));
+        let mut adds = Vec::new();
+        let mut dels = Vec::new();
+        let mut rules = Vec::new();
+        let mut chains = Vec::new();
+        for (id, c) in &self.chains {
+            let o = old.chains.get(id);
+            if o.is_some_and(|o| {
+                o.rec == c.rec && Arc::ptr_eq(&o.rules, &c.rules) && Arc::ptr_eq(&o.index, &c.index)
+            }) {
+                continue;
+            }
+            if o.is_none_or(|o| !Arc::ptr_eq(&o.rules, &c.rules)) {
+                // A slot's record never changes: new slots are what to write.
+                let old_slots: HashSet<u32> = o
+                    .map(|o| o.rules().map(|r| r.0).collect())
+                    .unwrap_or_default();
+                for (s, r) in c.rules() {
+                    if !old_slots.contains(&s) {
+                        rules.push(Change::Rule(s, Some(Box::new(*r))));
+                    }
+                }
+            }
+            if o.is_none_or(|o| !Arc::ptr_eq(&o.index, &c.index)) {
+                let oi = o.map(|o| &*o.index);
+                diff_map(
+                    Some(&c.index.lists),
+                    oi.map(|i| &i.lists),
+                    Change::List,
+                    &mut adds,
+                    &mut dels,
+                );
+                diff_map(
+                    Some(&c.index.addrs),
+                    oi.map(|i| &i.addrs),
+                    Change::Addr,
+                    &mut adds,
+                    &mut dels,
+                );
+            }
+            if o.map(|o| o.rec) != Some(c.rec) {
+                chains.push(Change::Chain(*id, Some(c.rec)));
+            }
+        }
+        for (id, o) in &old.chains {
+            if !self.chains.contains_key(id) {
+                diff_map(
+                    None,
+                    Some(&o.index.lists),
+                    Change::List,
+                    &mut adds,
+                    &mut dels,
+                );
+                diff_map(
+                    None,
+                    Some(&o.index.addrs),
+                    Change::Addr,
+                    &mut adds,
+                    &mut dels,
+                );
+                dels.push(Change::Chain(*id, None));
+            }
+        }
+        let mut out = rules;
+        if !Arc::ptr_eq(&self.ports, &old.ports) {
+            let port = |v: &Vec<u32>, i: usize| v.get(i).copied().unwrap_or(0);
+            for i in 0..2 * 65536 {
+                let (a, b) = (port(&self.ports, i), port(&old.ports, i));
+                if a != b {
+                    out.push(Change::Port((i >> 16) as u8, (i & 0xffff) as u16, a));
                 }
             }
         }
-        for i in 0..2 * 65536 {
-            let (a, b) = (self.port(i), old.port(i));
-            if a != b {
-                out.push(Change::Port((i >> 16) as u8, (i & 0xffff) as u16, a));
-            }
-        }
-        for (k, v) in &self.lists {
-            if old.lists.get(k) != Some(v) {
-                out.push(Change::List(*k, Some(*v)));
-            }
-        }
-        for (k, v) in &self.addrs {
-            if old.addrs.get(k) != Some(v) {
-                out.push(Change::Addr(*k, Some(*v)));
-            }
-        }
-        for (k, v) in &self.chains {
-            if old.chains.get(k) != Some(v) {
-                out.push(Change::Chain(*k, Some(*v)));
-            }
-        }
-        for k in old.lists.keys() {
-            if !self.lists.contains_key(k) {
-                out.push(Change::List(*k, None));
-            }
-        }
-        for k in old.addrs.keys() {
-            if !self.addrs.contains_key(k) {
-                out.push(Change::Addr(*k, None));
-            }
-        }
-        for k in old.chains.keys() {
-            if !self.chains.contains_key(k) {
-                out.push(Change::Chain(*k, None));
-            }
-        }
-        for (s, r) in old.rules.iter().enumerate() {
-            if r.is_some() && self.rules.get(s).copied().flatten().is_none() {
-                out.push(Change::Rule(s as u32, None));
-            }
-        }
+        out.append(&mut adds);
+        out.append(&mut chains);
+        out.append(&mut dels);
         out
     }
 }
 
-/// What makes a rule the same rule across commits: its record and the name of the chain
-/// it jumps to, as a 128-bit fingerprint (two independent hashes of those bytes).
+/// What makes a rule the same rule across commits: a 128-bit fingerprint of its `ir` form,
+/// the id of the chain it jumps to, and the hooks that reach it.
 type RuleId = (u64, u64);
 
-fn rule_id(rec: &RuleRec, jump: Option<&str>) -> RuleId {
-    use layout::Pod;
+fn rule_id(r: &ir::Rule, jump: Option<u32>, hooks: u8) -> RuleId {
     use std::hash::Hasher;
     let mut a = layout::FxHasher::default();
-    let mut b = layout::FxHasher::default();
-    b.write_u64(0x9e37_79b9_7f4a_7c15);
-    for h in [&mut a, &mut b] {
-        h.write(rec.as_bytes());
-        if let Some(j) = jump {
-            h.write(j.as_bytes());
-            h.write_u8(0xff);
+    let ip = &r.ip;
+    let v = |x: &IpAddr| v4(x) as u64;
+    a.write_u64(v(&ip.src) << 32 | v(&ip.smsk));
+    a.write_u64(v(&ip.dst) << 32 | v(&ip.dmsk));
+    a.write(&ip.iniface);
+    a.write(&ip.iniface_mask);
+    a.write(&ip.outiface);
+    a.write(&ip.outiface_mask);
+    a.write_u64(
+        (ip.proto as u64) << 32
+            | (ip.flags as u64) << 16
+            | (ip.invflags as u64) << 8
+            | hooks as u64,
+    );
+    for m in &r.matches {
+        a.write(m.name.as_bytes());
+        a.write_u64((m.revision as u64) << 32 | m.data.len() as u64);
+        a.write(&m.data);
+    }
+    match &r.target {
+        RuleTarget::Verdict(v) => a.write_u64(1 + *v as u64),
+        RuleTarget::Return => a.write_u64(10),
+        RuleTarget::Jump(_) => a.write_u64(11),
+        RuleTarget::Goto(_) => a.write_u64(12),
+        RuleTarget::Ext(e) => {
+            a.write_u64(13);
+            a.write(e.name.as_bytes());
+            a.write_u64(e.revision as u64);
+            a.write(&e.data);
         }
     }
-    // The second hash sees the bytes in another order of mixing: fold the first in late.
+    a.write_u64(jump.map_or(u64::MAX, |j| j as u64));
+    let h = a.finish();
+    let mut b = layout::FxHasher::default();
+    b.write_u64(h ^ 0x9e37_79b9_7f4a_7c15);
+    b.write_u64(r.matches.len() as u64);
     (
-        a.finish(),
-        b.finish().rotate_left(17) ^ a.finish().wrapping_mul(3),
+        h,
+        b.finish().rotate_left(29) ^ h.wrapping_mul(0x2545_f491_4f6c_dd1d),
     )
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 struct Placed {
     id: RuleId,
     slot: u32,
     prio: u32,
+    anchor: Anchor,
+    rec: RuleRec,
 }
 
-/// Rule identity -> slot and priority, chain name -> id and tail slot. Persisted with the
-/// table so counters survive daemon restarts.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// One chain's rules as placed.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ChainRules {
+    placed: Vec<Placed>,
+}
+
+/// Rule identity -> slot and priority, chain name -> id and tail slot, and the compiled
+/// chains themselves (shared). Persisted with the table so counters survive daemon
+/// restarts.
+#[derive(Clone, Debug, Default)]
 pub struct SlotAssignment {
     chain_ids: HashMap<String, u32>,
     tails: HashMap<String, u32>,
-    rules: HashMap<String, Vec<Placed>>,
+    chains: HashMap<String, ChainImage>,
     next_slot: u32,
     free: Vec<u32>,
     /// Freed by the last compile: reusable after the grace period of its commit.
     pending: Vec<u32>,
     next_chain: u32,
     free_chains: Vec<u32>,
+    /// Port interval boundaries the chain indexes were built with, and the port classes.
+    bounds: Arc<[BTreeSet<u32>; 2]>,
+    ports: Arc<Vec<u32>>,
 }
 
 impl SlotAssignment {
     /// The counters slot of rule `index` (0-based) of `chain`.
     pub fn rule_slot(&self, chain: &str, index: usize) -> Option<u32> {
-        self.rules.get(chain)?.get(index).map(|p| p.slot)
+        self.chains
+            .get(chain)?
+            .rules
+            .placed
+            .get(index)
+            .map(|p| p.slot)
     }
     /// The counters slot of `chain`'s tail (policy or RETURN).
     pub fn tail_slot(&self, chain: &str) -> Option<u32> {
@@ -735,15 +850,6 @@ fn reach(rs: &Ruleset) -> Result<Vec<u8>, CompileError> {
     Ok(hooks)
 }
 
-struct ChainPlan {
-    id: u32,
-    tail_slot: u32,
-    policy: u8,
-    skip: bool,
-    /// (prio, slot, anchor)
-    rules: Vec<(u32, u32, Anchor)>,
-}
-
 /// Compiles the IPv4 filter table. `prev` is the assignment of the previous commit.
 pub fn compile(
     rs: &Ruleset,
@@ -781,8 +887,8 @@ pub fn compile(
         if let Some(s) = asg.tails.remove(&g) {
             freed.push(s);
         }
-        if let Some(v) = asg.rules.remove(&g) {
-            freed.extend(v.iter().map(|p| p.slot));
+        if let Some(c) = asg.chains.remove(&g) {
+            freed.extend(c.rules().map(|r| r.0));
         }
     }
     for (i, c) in rs.chains.iter().enumerate() {
@@ -809,14 +915,68 @@ pub fn compile(
         chain_id[i] = id;
     }
 
-    let mut plans = Vec::with_capacity(rs.chains.len());
-    let mut image = Image::default();
-    // Sized once: growing a multi-megabyte vector copies and page-faults it again.
-    let total: usize = rs.chains.iter().map(|c| c.rules.len() + 1).sum();
-    image.rules = vec![None; asg.next_slot as usize + total];
+    // Rules: unchanged ones keep slot, record and anchor; only new ones are lowered.
+    let mut rules_of: Vec<Arc<ChainRules>> = Vec::with_capacity(rs.chains.len());
     for (ci, c) in rs.chains.iter().enumerate() {
-        let mut lowered = Vec::with_capacity(c.rules.len());
-        for (ri, r) in c.rules.iter().enumerate() {
+        let ids: Vec<RuleId> = c
+            .rules
+            .iter()
+            .map(|r| {
+                let jump = match r.target {
+                    RuleTarget::Jump(j) | RuleTarget::Goto(j) if j != ir::NO_TARGET => {
+                        Some(chain_id[j])
+                    }
+                    _ => None,
+                };
+                rule_id(r, jump, hooks[ci])
+            })
+            .collect();
+        let old = asg.chains.get(&c.name).map(|o| o.rules.clone());
+        if let Some(o) = &old {
+            if o.placed.len() == ids.len() && o.placed.iter().zip(&ids).all(|(p, id)| p.id == *id) {
+                rules_of.push(o.clone());
+                continue;
+            }
+        }
+        let empty = ChainRules::default();
+        let old_placed = old.as_deref().unwrap_or(&empty);
+        let mut by_id: HashMap<RuleId, VecDeque<usize>> = HashMap::default();
+        for (i, p) in old_placed.placed.iter().enumerate() {
+            by_id.entry(p.id).or_default().push_back(i);
+        }
+        let kept: Vec<Option<usize>> = ids
+            .iter()
+            .map(|id| by_id.get_mut(id).and_then(|q| q.pop_front()))
+            .collect();
+        let mut used = vec![false; old_placed.placed.len()];
+        for k in kept.iter().flatten() {
+            used[*k] = true;
+        }
+        for (p, u) in old_placed.placed.iter().zip(&used) {
+            if !u {
+                freed.push(p.slot);
+            }
+        }
+        let prios = number(
+            &kept
+                .iter()
+                .map(|k| k.map(|i| (old_placed.placed[i].slot, old_placed.placed[i].prio)))
+                .collect::<Vec<_>>(),
+        );
+        let mut placed = Vec::with_capacity(ids.len());
+        for (ri, ((r, id), (k, prio))) in c
+            .rules
+            .iter()
+            .zip(ids)
+            .zip(kept.into_iter().zip(prios))
+            .enumerate()
+        {
+            if let Some(i) = k {
+                let mut p = old_placed.placed[i].clone();
+                p.prio = prio;
+                placed.push(p);
+                continue;
+            }
             let mut l = lower_rule(r, hooks[ci]).map_err(|(ext, why)| CompileError::Rule {
                 chain: c.name.clone(),
                 rule: ri + 1,
@@ -826,52 +986,60 @@ pub fn compile(
             if let Some(j) = l.jump {
                 l.rec.chain = chain_id[j];
             }
-            lowered.push(l);
+            placed.push(Placed {
+                id,
+                slot: asg.alloc(&mut reusable),
+                prio,
+                anchor: l.anchors.into_iter().next().unwrap_or(Anchor::Float),
+                rec: l.rec,
+            });
         }
-        // Keep the slots (and priorities, where order allows) of unchanged rules.
-        let old = asg.rules.remove(&c.name).unwrap_or_default();
-        let mut by_id: HashMap<&RuleId, VecDeque<&Placed>> = HashMap::default();
-        for p in &old {
-            by_id.entry(&p.id).or_default().push_back(p);
+        rules_of.push(Arc::new(ChainRules { placed }));
+    }
+
+    // Address classes per chain and field; too deeply nested ones fall back to FLOAT.
+    // Elementary port intervals are global: a change of boundaries rebuilds the chains
+    // that have port anchors.
+    let mut bounds: [BTreeSet<u32>; 2] = [BTreeSet::from([0]), BTreeSet::from([0])];
+    for cr in &rules_of {
+        for p in &cr.placed {
+            if let Anchor::Ports(f, r) = &p.anchor {
+                let b = &mut bounds[(*f == Field::Dport) as usize];
+                for (lo, hi) in r {
+                    b.insert(*lo as u32);
+                    b.insert(*hi as u32 + 1);
+                }
+            }
         }
-        let ids: Vec<RuleId> = lowered
+    }
+    let bounds_changed = *asg.bounds != bounds;
+    let ports = if bounds_changed || asg.bounds[0].is_empty() {
+        let mut ports = vec![0u32; 2 * 65536];
+        for (fi, b) in bounds.iter().enumerate() {
+            let starts: Vec<u32> = b.iter().copied().filter(|p| *p < 65536).collect();
+            for (i, lo) in starts.iter().enumerate() {
+                let hi = starts.get(i + 1).copied().unwrap_or(65536);
+                ports[fi * 65536 + *lo as usize..fi * 65536 + hi as usize].fill(*lo);
+            }
+        }
+        asg.bounds = Arc::new(bounds);
+        Arc::new(ports)
+    } else {
+        prev.ports.clone()
+    };
+
+    let mut image = Image {
+        chains: BTreeMap::new(),
+        ports: ports.clone(),
+    };
+    let ifnames = rules_of.iter().any(|cr| {
+        cr.placed
             .iter()
-            .map(|l| rule_id(&l.rec, l.jump.map(|j| rs.chains[j].name.as_str())))
-            .collect();
-        let mut kept: Vec<Option<(u32, u32)>> = Vec::with_capacity(ids.len());
-        let mut used = HashSet::default();
-        for id in &ids {
-            let k = by_id.get_mut(id).and_then(|q| q.pop_front());
-            if let Some(p) = k {
-                used.insert(p.slot);
-                kept.push(Some((p.slot, p.prio)));
-            } else {
-                kept.push(None);
-            }
-        }
-        for p in &old {
-            if !used.contains(&p.slot) {
-                freed.push(p.slot);
-            }
-        }
-        let prios = number(&kept);
-        let mut placed = Vec::with_capacity(ids.len());
-        let mut rules = Vec::with_capacity(ids.len());
-        for ((id, k), (prio, l)) in ids
-            .into_iter()
-            .zip(kept)
-            .zip(prios.into_iter().zip(lowered))
-        {
-            let slot = match k {
-                Some((s, _)) => s,
-                None => asg.alloc(&mut reusable),
-            };
-            image.rules[slot as usize] = Some(l.rec);
-            let anchor = l.anchors.into_iter().next().unwrap_or(Anchor::Float);
-            rules.push((prio, slot, anchor));
-            placed.push(Placed { id, slot, prio });
-        }
-        asg.rules.insert(c.name.clone(), placed);
+            .any(|p| p.rec.need & (need::IIF | need::OIF) != 0)
+    });
+    for (ci, c) in rs.chains.iter().enumerate() {
+        let cr = rules_of[ci].clone();
+        let id = chain_id[ci];
         let tail_slot = match asg.tails.get(&c.name) {
             Some(s) => *s,
             None => {
@@ -893,33 +1061,43 @@ pub fn compile(
                 })
             }
         };
-        plans.push(ChainPlan {
-            id: chain_id[ci],
+        let old = asg.chains.get(&c.name);
+        let has_ports = cr
+            .placed
+            .iter()
+            .any(|p| matches!(p.anchor, Anchor::Ports(..)));
+        let index = match old {
+            Some(o) if Arc::ptr_eq(&o.rules, &cr) && !(bounds_changed && has_ports) => {
+                o.index.clone()
+            }
+            _ => Arc::new(build_index(id, &cr, &asg.bounds)),
+        };
+        let mut fields = 0u32;
+        for k in index.lists.keys() {
+            fields |= 1 << k.field;
+        }
+        let rec = ChainRec {
+            fields,
             tail_slot,
             policy,
-            skip: c.hook.is_some() && c.rules.is_empty() && policy == target::ACCEPT,
-            rules,
-        });
+            skip: (c.hook.is_some() && c.rules.is_empty() && policy == target::ACCEPT) as u8,
+            needs: if ifnames && c.hook.is_some() {
+                layout::CHAIN_NEEDS_IFNAMES
+            } else {
+                0
+            },
+        };
+        let ci_img = ChainImage {
+            rec,
+            rules: cr,
+            index,
+        };
+        asg.chains.insert(c.name.clone(), ci_img.clone());
+        image.chains.insert(id, ci_img);
     }
+    asg.ports = ports;
     asg.free = reusable;
     asg.pending = freed;
-    let ifnames = image
-        .rules
-        .iter()
-        .flatten()
-        .any(|r| r.need & (need::IIF | need::OIF) != 0);
-    build_indexes(&mut plans, &mut image);
-    if ifnames {
-        for id in [
-            layout::CHAIN_INPUT,
-            layout::CHAIN_FORWARD,
-            layout::CHAIN_OUTPUT,
-        ] {
-            if let Some(c) = image.chains.get_mut(&id) {
-                c.needs |= layout::CHAIN_NEEDS_IFNAMES;
-            }
-        }
-    }
     Ok((image, asg))
 }
 
@@ -970,7 +1148,14 @@ fn number(kept: &[Option<(u32, u32)>]) -> Vec<u32> {
     out
 }
 
-fn push_list(image: &mut Image, chain: u32, field: Field, cls: u32, plen: u32, mut v: Vec<Cand>) {
+fn push_list(
+    index: &mut ChainIndex,
+    chain: u32,
+    field: Field,
+    cls: u32,
+    plen: u32,
+    mut v: Vec<Cand>,
+) {
     v.sort_unstable();
     let chunks = v.len().div_ceil(CHUNK);
     for (i, part) in v.chunks(CHUNK).enumerate() {
@@ -988,7 +1173,7 @@ fn push_list(image: &mut Image, chain: u32, field: Field, cls: u32, plen: u32, m
             plen,
             chunk: i as u32,
         };
-        image.lists.insert(key, lv);
+        index.lists.insert(key, lv);
     }
 }
 
@@ -1000,135 +1185,102 @@ fn mask(plen: u8) -> u32 {
     }
 }
 
-fn build_indexes(plans: &mut [ChainPlan], image: &mut Image) {
-    // Address classes per chain and field; too deeply nested ones are not used.
-    for plan in plans.iter_mut() {
-        for field in [Field::Src, Field::Dst] {
-            let mut prefixes: BTreeSet<(u8, u32)> = BTreeSet::new();
-            for (_, _, a) in &plan.rules {
-                if let Anchor::Addr(f, addr, p) = a {
-                    if *f == field {
-                        prefixes.insert((*p, *addr));
-                    }
+/// The candidate lists and address classes of one chain.
+fn build_index(id: u32, cr: &ChainRules, bounds: &[BTreeSet<u32>; 2]) -> ChainIndex {
+    let mut index = ChainIndex::default();
+    let mut anchors: Vec<&Anchor> = cr.placed.iter().map(|p| &p.anchor).collect();
+    let float = Anchor::Float;
+    for field in [Field::Src, Field::Dst] {
+        let mut prefixes: BTreeSet<(u8, u32)> = BTreeSet::new();
+        for a in &anchors {
+            if let Anchor::Addr(f, addr, p) = a {
+                if *f == field {
+                    prefixes.insert((*p, *addr));
                 }
             }
-            if prefixes.is_empty() {
+        }
+        if prefixes.is_empty() {
+            continue;
+        }
+        let mut accepted: HashMap<(u8, u32), Vec<u8>> = HashMap::default();
+        let mut plens: BTreeSet<u8> = BTreeSet::new();
+        let mut banned = HashSet::default();
+        for (p, a) in &prefixes {
+            let mut anc: Vec<u8> = plens
+                .iter()
+                .filter(|q| **q < *p && accepted.contains_key(&(**q, a & mask(**q))))
+                .copied()
+                .collect();
+            if anc.len() >= MAX_ANCESTORS {
+                banned.insert((*p, *a));
                 continue;
             }
-            let mut accepted: HashMap<(u8, u32), Vec<u8>> = HashMap::default();
-            let mut plens: BTreeSet<u8> = BTreeSet::new();
-            let mut banned = HashSet::default();
-            for (p, a) in &prefixes {
-                let mut anc: Vec<u8> = plens
-                    .iter()
-                    .filter(|q| **q < *p && accepted.contains_key(&(**q, a & mask(**q))))
-                    .copied()
-                    .collect();
-                if anc.len() >= MAX_ANCESTORS {
-                    banned.insert((*p, *a));
-                    continue;
-                }
-                anc.push(*p);
-                anc.reverse();
-                accepted.insert((*p, *a), anc);
-                plens.insert(*p);
-            }
-            for ((p, a), anc) in &accepted {
-                let mut v = AddrVal {
-                    n: anc.len() as u8,
-                    ..Default::default()
-                };
-                v.plen[..anc.len()].copy_from_slice(anc);
-                let key = AddrKey {
-                    prefixlen: 32 + *p as u32,
-                    half: 0,
-                    field: field as u8,
-                    chain_hi: (plan.id >> 8) as u8,
-                    chain_lo: plan.id as u8,
-                    addr: a.to_be_bytes(),
-                };
-                image.addrs.insert(key, v);
-            }
-            for (_, _, a) in plan.rules.iter_mut() {
-                if let Anchor::Addr(f, addr, p) = a {
-                    if *f == field && banned.contains(&(*p, *addr)) {
-                        *a = Anchor::Float;
-                    }
-                }
-            }
+            anc.push(*p);
+            anc.reverse();
+            accepted.insert((*p, *a), anc);
+            plens.insert(*p);
         }
-    }
-    // Elementary port intervals, global per field.
-    let mut bounds: [BTreeSet<u32>; 2] = [BTreeSet::from([0]), BTreeSet::from([0])];
-    for plan in plans.iter() {
-        for (_, _, a) in &plan.rules {
-            if let Anchor::Ports(f, r) = a {
-                let b = &mut bounds[(*f == Field::Dport) as usize];
-                for (lo, hi) in r {
-                    b.insert(*lo as u32);
-                    b.insert(*hi as u32 + 1);
-                }
-            }
-        }
-    }
-    let mut ports = vec![0u32; 2 * 65536];
-    for (fi, b) in bounds.iter().enumerate() {
-        let starts: Vec<u32> = b.iter().copied().filter(|p| *p < 65536).collect();
-        for (i, lo) in starts.iter().enumerate() {
-            let hi = starts.get(i + 1).copied().unwrap_or(65536);
-            ports[fi * 65536 + *lo as usize..fi * 65536 + hi as usize].fill(*lo);
-        }
-    }
-    image.ports = ports;
-    for plan in plans.iter() {
-        let mut lists: HashMap<(Field, u32, u32), Vec<Cand>> = HashMap::default();
-        let mut fields = 0u32;
-        for (prio, slot, a) in &plan.rules {
-            let c = Cand {
-                prio: *prio,
-                slot: *slot,
+        for ((p, a), anc) in &accepted {
+            let mut v = AddrVal {
+                n: anc.len() as u8,
+                ..Default::default()
             };
-            match a {
-                Anchor::Addr(f, addr, p) => {
-                    lists.entry((*f, *addr, *p as u32)).or_default().push(c)
+            v.plen[..anc.len()].copy_from_slice(anc);
+            let key = AddrKey {
+                prefixlen: 32 + *p as u32,
+                half: 0,
+                field: field as u8,
+                chain_hi: (id >> 8) as u8,
+                chain_lo: id as u8,
+                addr: a.to_be_bytes(),
+            };
+            index.addrs.insert(key, v);
+        }
+        for a in anchors.iter_mut() {
+            if let Anchor::Addr(f, addr, p) = a {
+                if *f == field && banned.contains(&(*p, *addr)) {
+                    *a = &float;
                 }
-                Anchor::Ports(f, r) => {
-                    let b = &bounds[(*f == Field::Dport) as usize];
-                    let mut classes = BTreeSet::new();
-                    for (lo, hi) in r {
-                        classes.extend(b.range(*lo as u32..=*hi as u32).copied());
-                    }
-                    for cls in classes {
-                        lists.entry((*f, cls, 0)).or_default().push(c);
-                    }
-                    lists
-                        .entry((Field::Dport, CLASS_TRUNC, 0))
-                        .or_default()
-                        .push(c);
-                }
-                Anchor::Proto(p) => lists
-                    .entry((Field::Proto, *p as u32, 0))
-                    .or_default()
-                    .push(c),
-                Anchor::Iface(f, h) => lists.entry((*f, *h, 0)).or_default().push(c),
-                Anchor::Float => lists.entry((Field::Float, 0, 0)).or_default().push(c),
             }
         }
-        for ((f, cls, plen), v) in lists {
-            fields |= 1 << f as u32;
-            push_list(image, plan.id, f, cls, plen, v);
-        }
-        image.chains.insert(
-            plan.id,
-            ChainRec {
-                fields,
-                tail_slot: plan.tail_slot,
-                policy: plan.policy,
-                skip: plan.skip as u8,
-                needs: 0,
-            },
-        );
     }
+    let mut lists: HashMap<(Field, u32, u32), Vec<Cand>> = HashMap::default();
+    for (p, a) in cr.placed.iter().zip(anchors) {
+        let c = Cand {
+            prio: p.prio,
+            slot: p.slot,
+        };
+        match a {
+            Anchor::Addr(f, addr, p) => lists.entry((*f, *addr, *p as u32)).or_default().push(c),
+            Anchor::Ports(f, r) => {
+                let b = &bounds[(*f == Field::Dport) as usize];
+                let mut last = u32::MAX;
+                for (lo, hi) in r {
+                    for cls in b.range(*lo as u32..=*hi as u32) {
+                        if *cls != last {
+                            lists.entry((*f, *cls, 0)).or_default().push(c);
+                            last = *cls;
+                        }
+                    }
+                }
+                lists
+                    .entry((Field::Dport, CLASS_TRUNC, 0))
+                    .or_default()
+                    .push(c);
+            }
+            Anchor::Proto(p) => lists
+                .entry((Field::Proto, *p as u32, 0))
+                .or_default()
+                .push(c),
+            Anchor::Iface(f, h) => lists.entry((*f, *h, 0)).or_default().push(c),
+            Anchor::Float => lists.entry((Field::Float, 0, 0)).or_default().push(c),
+        }
+    }
+    for ((f, cls, plen), mut v) in lists {
+        v.dedup();
+        push_list(&mut index, id, f, cls, plen, v);
+    }
+    index
 }
 
 #[cfg(test)]
