@@ -163,6 +163,8 @@ static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt 
 	h.ip.ihl = 5;
 	h.ip.tos = (p->tos & 0x1e) | 0xc0;	/* RT_TOS(tos) | IPTOS_PREC_INTERNETCONTROL */
 	h.ip.tot_len = bpf_htons(28 + quoted);
+	/* The kernel's ICMP socket picks an id per packet (ip_select_ident); not DF. */
+	h.ip.id = bpf_get_prandom_u32() & 0xffff;
 	h.ip.ttl = cfg_ttl();
 	h.ip.protocol = IPPROTO_ICMP;
 	h.ip.saddr = src;

@@ -97,7 +97,8 @@ fn icmp_unreachable_replies() {
                         H::Fwd => ("192.0.2.77", "198.51.100.9"),
                         H::Out => ("192.0.2.1", "198.51.100.9"),
                     };
-                    let p = with_payload(pkt(17, src, dst), payload);
+                    let mut p = with_payload(pkt(17, src, dst), payload);
+                    p.tos = 0xff;
                     if h == H::Out {
                         hn.dp
                             .set_local([192, 0, 2, 1], 32, Some(translator::layout::LOCAL_UNICAST))
@@ -121,8 +122,12 @@ fn icmp_unreachable_replies() {
                     let quoted = orig.len().min(576 - 28);
                     assert_eq!(len, 28 + quoted, "576-byte limit");
                     assert_eq!(out.len(), 14 + len);
+                    // Kernel 6.18, `iptables-legacy -A INPUT -p udp -j REJECT` in a namespace,
+                    // a UDP datagram with tos 0xff from a peer: the reply's header was
+                    // 45de0042 91da0000 4001.... (tos 0xde = RT_TOS(0xff) | 0xc0, no DF,
+                    // ttl 64); its ICMP header 0303....00000000.
                     assert_eq!(ip[6] & 0x40, 0, "ICMP errors are sent without DF");
-                    assert_eq!(ip[1], 0xc0, "tos: IPTOS_PREC_INTERNETCONTROL");
+                    assert_eq!(ip[1], 0xde, "tos: RT_TOS(tos) | IPTOS_PREC_INTERNETCONTROL");
                     let icmp = &ip[20..len];
                     assert_eq!((icmp[0], icmp[1]), (3, code), "{with}");
                     assert_eq!(&icmp[4..8], &[0, 0, 0, 0]);
@@ -186,7 +191,11 @@ fn tcp_reset_replies() {
                 let len = check_ip(ip, 6, p.dst, p.src);
                 assert_eq!(len, 40);
                 assert_eq!(out.len(), 54);
+                // Kernel 6.18, `-p tcp -j REJECT --reject-with tcp-reset`, a SYN from a peer:
+                // 45000028 00004000 4006.... (tos 0, id 0, DF, ttl 64), TCP flags 0x14,
+                // window 0.
                 assert_eq!(be16(ip, 6), 0x4000, "DF, nf_reject_iphdr_put");
+                assert_eq!(be16(ip, 4), 0, "id 0");
                 assert_eq!(ip[1], 0, "tos 0");
                 let t = &ip[20..40];
                 assert_eq!(be16(t, 0), p.dport);
