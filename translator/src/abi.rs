@@ -429,9 +429,10 @@ impl<'a> Entry<'a> {
             Family::V6 => self.bytes[132],
         }
     }
-    /// Whether the ip header is all zeroes (the kernel's `unconditional()`).
+    /// The kernel's `unconditional()`: no matches and an all-zero ip header. An entry with
+    /// matches is conditional even when they always match.
     pub fn unconditional(&self) -> bool {
-        self.ip().iter().all(|&b| b == 0)
+        self.target_offset() == self.family.entry_size() && self.ip().iter().all(|&b| b == 0)
     }
     /// The matches, in order. Stops at the first malformed one.
     pub fn matches(&self) -> impl Iterator<Item = XtObj<'a>> + 'a {

@@ -2,11 +2,11 @@
 //! asserted). Run: `cargo test --release -p bpfipt-translator --test bench_b2 -- --ignored
 //! --nocapture`.
 
-mod common;
+mod dpcommon;
 
 use std::time::Instant;
 
-use common::*;
+use dpcommon::*;
 use translator::abi::Hook;
 use translator::dataplane::{Dataplane, Limits, Prog, SkbCtx};
 use translator::gen;

@@ -1,13 +1,13 @@
 //! BPF_PROG_TEST_RUN tests of the datapath: every supported match and target on each hook
 //! it is supported on, at the edges of each condition, with negations; chains and
 //! counters; REJECT replies byte by byte. Every expected outcome is written out here and is
-//! also checked against the reference classifier (tests/common), written from the kernel.
+//! also checked against the reference classifier (tests/dpcommon), written from the kernel.
 
-mod common;
+mod dpcommon;
 
 use std::collections::{BTreeSet, HashMap};
 
-use common::*;
+use dpcommon::*;
 use translator::compile::MATCHERS;
 use translator::ir::Verdict::{Accept as A, Drop as D};
 

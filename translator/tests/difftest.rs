@@ -1,15 +1,15 @@
 //! Differential test of the classifier: random rulesets (user chains, jumps, gotos, RETURN,
 //! negations, ranges, multiport, flags, icmp types, interfaces, fragments) and packets
 //! aimed at the edges of their conditions; the datapath's verdict and counters must equal
-//! the reference's (tests/common: ipt_do_table's first-match semantics). Rulesets are
+//! the reference's (tests/dpcommon: ipt_do_table's first-match semantics). Rulesets are
 //! loaded one after the other into the same dataplane, so incremental commits are
 //! exercised too.
 
-mod common;
+mod dpcommon;
 
 use std::collections::HashMap;
 
-use common::*;
+use dpcommon::*;
 use translator::gen::Rng;
 use translator::ir::{Ruleset, Verdict};
 

@@ -2,9 +2,9 @@
 //! nf_send_reset build (net/ipv4/icmp.c, net/ipv4/netfilter/nf_reject_ipv4.c), in a private
 //! network namespace so route lookups see only what the test sets up.
 
-mod common;
+mod dpcommon;
 
-use common::*;
+use dpcommon::*;
 use translator::dataplane::TC_ACT_REDIRECT;
 use translator::ir::Verdict::Accept as A;
 use translator::layout::Reason;
