@@ -506,172 +506,145 @@ fn exact_iface(name: &[u8; 16], mask: &[u8; 16]) -> Option<[u8; 16]> {
     }
 }
 
-/// Minimal reads of the match/target payloads the datapath runs (the kernel structs of
-/// xt_tcpudp.h, xt_multiport.h, ...). An adapter until `ext` parses them.
-mod payload {
-    pub fn u16_at(d: &[u8], o: usize) -> Option<u16> {
-        Some(u16::from_ne_bytes(d.get(o..o + 2)?.try_into().ok()?))
-    }
-    pub fn u32_at(d: &[u8], o: usize) -> Option<u32> {
-        Some(u32::from_ne_bytes(d.get(o..o + 4)?.try_into().ok()?))
-    }
-    pub fn be32_at(d: &[u8], o: usize) -> Option<u32> {
-        Some(u32::from_be_bytes(d.get(o..o + 4)?.try_into().ok()?))
-    }
-    pub fn u8_at(d: &[u8], o: usize) -> Option<u8> {
-        d.get(o).copied()
-    }
-}
-
-/// Lowers one match into `rec.m[*n]` and adds its anchor candidates.
+/// Lowers one match (typed by `ext`) into `rec.m[*n]` and adds its anchor candidates.
 fn lower_match(
     e: &ir::Ext,
     rec: &mut RuleRec,
     n: &mut usize,
     anchors: &mut Vec<Anchor>,
 ) -> Result<(), Why> {
-    use payload::*;
-    let d = &e.data[..];
-    let short = || Why::Payload;
+    use crate::ext::{Match, MultiportDirection, TtlMode};
+    let typed = Match::parse(Family::V4, &e.name, e.revision, &e.data).map_err(|_| Why::Payload)?;
     let mut mr = MatchRec::default();
-    match (e.name.as_str(), e.revision) {
-        ("comment", 0) => return Ok(()),
-        // struct xt_tcp { spts[2], dpts[2], option, flg_mask, flg_cmp, invflags }
-        // struct xt_udp { spts[2], dpts[2], invflags }
-        ("tcp", 0) | ("udp", 0) => {
-            let tcp = e.name == "tcp";
-            let sp = [
-                u16_at(d, 0).ok_or_else(short)?,
-                u16_at(d, 2).ok_or_else(short)?,
-            ];
-            let dp = [
-                u16_at(d, 4).ok_or_else(short)?,
-                u16_at(d, 6).ok_or_else(short)?,
-            ];
-            let invf = if tcp {
-                if u8_at(d, 8).ok_or_else(short)? != 0 {
-                    return Err(Why::Option("--tcp-option"));
-                }
-                mr.put_u8(8, u8_at(d, 9).ok_or_else(short)?);
-                mr.put_u8(9, u8_at(d, 10).ok_or_else(short)?);
-                u8_at(d, 11).ok_or_else(short)?
-            } else {
-                u8_at(d, 8).ok_or_else(short)?
-            };
-            mr.kind = if tcp { kind::TCP } else { kind::UDP };
-            mr.inv = invf & 0x07;
-            mr.put_u16(0, sp[0]);
-            mr.put_u16(2, sp[1]);
-            mr.put_u16(4, dp[0]);
-            mr.put_u16(6, dp[1]);
-            for (f, r, bit) in [(Field::Sport, sp, 1u8), (Field::Dport, dp, 2u8)] {
-                if invf & bit == 0 && !(r[0] == 0 && r[1] == 0xffff) && r[0] <= r[1] {
-                    anchors.push(Anchor::Ports(f, Arc::from([(r[0], r[1])])));
-                }
+    let port_anchor =
+        |f: Field, r: &std::ops::RangeInclusive<u16>, inv: bool, anchors: &mut Vec<Anchor>| {
+            if !(inv || *r.start() == 0 && *r.end() == 0xffff) && r.start() <= r.end() {
+                anchors.push(Anchor::Ports(f, Arc::from([(*r.start(), *r.end())])));
             }
+        };
+    match &typed {
+        Match::Comment(_) => return Ok(()),
+        Match::Tcp(t) => {
+            if t.option != 0 || t.option_inv {
+                return Err(Why::Option("--tcp-option"));
+            }
+            mr.kind = kind::TCP;
+            mr.inv = (t.sport_inv as u8) | (t.dport_inv as u8) << 1 | (t.flags_inv as u8) << 2;
+            mr.put_u16(0, *t.sport.start());
+            mr.put_u16(2, *t.sport.end());
+            mr.put_u16(4, *t.dport.start());
+            mr.put_u16(6, *t.dport.end());
+            mr.put_u8(8, t.flags_mask);
+            mr.put_u8(9, t.flags_cmp);
+            port_anchor(Field::Sport, &t.sport, t.sport_inv, anchors);
+            port_anchor(Field::Dport, &t.dport, t.dport_inv, anchors);
         }
-        // struct ipt_icmp { type, code[2], invflags }
-        ("icmp", 0) => {
+        Match::Udp(u) => {
+            mr.kind = kind::UDP;
+            mr.inv = (u.sport_inv as u8) | (u.dport_inv as u8) << 1;
+            mr.put_u16(0, *u.sport.start());
+            mr.put_u16(2, *u.sport.end());
+            mr.put_u16(4, *u.dport.start());
+            mr.put_u16(6, *u.dport.end());
+            port_anchor(Field::Sport, &u.sport, u.sport_inv, anchors);
+            port_anchor(Field::Dport, &u.dport, u.dport_inv, anchors);
+        }
+        Match::Icmp(i) => {
             mr.kind = kind::ICMP;
-            mr.put_u8(0, u8_at(d, 0).ok_or_else(short)?);
-            mr.put_u8(1, u8_at(d, 1).ok_or_else(short)?);
-            mr.put_u8(2, u8_at(d, 2).ok_or_else(short)?);
-            if u8_at(d, 3).ok_or_else(short)? & 1 != 0 {
+            mr.put_u8(0, i.icmp_type);
+            mr.put_u8(1, *i.code.start());
+            mr.put_u8(2, *i.code.end());
+            if i.inv {
                 mr.inv = linv::ANY;
             }
         }
-        // struct xt_multiport_v1 { flags, count, ports[15], pflags[15], invert }
-        ("multiport", 1) => {
-            let flags = u8_at(d, 0).ok_or_else(short)?;
-            let count = u8_at(d, 1).ok_or_else(short)?.min(15);
-            let invert = u8_at(d, 47).ok_or_else(short)?;
+        Match::Multiport(m) => {
             mr.kind = kind::MULTIPORT;
-            mr.flags = match flags {
-                0 => 1,
-                1 => 2,
-                _ => 3,
+            mr.flags = match m.direction {
+                MultiportDirection::Source => 1,
+                MultiportDirection::Destination => 2,
+                MultiportDirection::Either => 3,
             };
-            mr.count = count;
-            if invert != 0 {
+            if m.invert {
                 mr.inv = linv::ANY;
             }
-            let mut ranges = Vec::new();
             let mut i = 0usize;
-            while i < count as usize {
-                let lo = u16_at(d, 2 + 2 * i).ok_or_else(short)?;
-                let pf = u8_at(d, 32 + i).ok_or_else(short)?;
-                mr.put_u16(2 * i, lo);
-                mr.put_u8(30 + i, (pf != 0) as u8);
-                if pf != 0 && i + 1 < 15 {
-                    let hi = u16_at(d, 2 + 2 * (i + 1)).ok_or_else(short)?;
-                    mr.put_u16(2 * (i + 1), hi);
-                    if i + 1 < count as usize && lo <= hi {
-                        ranges.push((lo, hi));
-                    } else {
-                        ranges.clear();
-                        break;
+            let mut ranges = Vec::new();
+            for spec in &m.ports {
+                let r = spec.range();
+                if matches!(spec, crate::ext::PortSpec::Port(_)) {
+                    if i >= 15 {
+                        return Err(Why::Payload);
                     }
-                    i += 2;
-                } else {
-                    ranges.push((lo, lo));
+                    mr.put_u16(2 * i, *r.start());
                     i += 1;
+                } else {
+                    if i + 1 >= 15 {
+                        return Err(Why::Payload);
+                    }
+                    mr.put_u16(2 * i, *r.start());
+                    mr.put_u8(30 + i, 1);
+                    mr.put_u16(2 * (i + 1), *r.end());
+                    i += 2;
+                }
+                ranges.push((*r.start(), *r.end()));
+            }
+            mr.count = i as u8;
+            let f = match m.direction {
+                MultiportDirection::Source => Some(Field::Sport),
+                MultiportDirection::Destination => Some(Field::Dport),
+                MultiportDirection::Either => None,
+            };
+            if let (Some(f), false, false) = (f, m.invert, ranges.is_empty()) {
+                if ranges.iter().all(|(a, b)| a <= b) {
+                    anchors.push(Anchor::Ports(f, Arc::from(ranges)));
                 }
             }
-            if invert == 0 && flags < 2 && !ranges.is_empty() {
-                let f = if flags == 0 {
-                    Field::Sport
-                } else {
-                    Field::Dport
-                };
-                anchors.push(Anchor::Ports(f, Arc::from(ranges)));
-            }
         }
-        // struct xt_iprange_mtinfo { src_min, src_max, dst_min, dst_max (nf_inet_addr), flags }
-        ("iprange", 1) => {
-            let flags = u8_at(d, 64).ok_or_else(short)?;
+        Match::IpRange(r) => {
             mr.kind = kind::IPRANGE;
-            if flags & 1 != 0 {
-                mr.inv |= linv::IPRANGE_SRC;
-            }
-            if flags & 2 != 0 {
-                mr.inv |= linv::IPRANGE_DST;
-            }
-            if flags & 0x10 != 0 {
-                mr.inv |= linv::SPT;
-            }
-            if flags & 0x20 != 0 {
-                mr.inv |= linv::DPT;
-            }
-            for (i, off) in [0usize, 16, 32, 48].iter().enumerate() {
-                mr.put_u32(4 * i, be32_at(d, *off).ok_or_else(short)?);
+            for (i, (sel, bit, inv)) in [
+                (&r.src, linv::IPRANGE_SRC, linv::SPT),
+                (&r.dst, linv::IPRANGE_DST, linv::DPT),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if let Some(a) = sel {
+                    mr.inv |= bit;
+                    if a.inv {
+                        mr.inv |= inv;
+                    }
+                    mr.put_u32(8 * i, v4(a.range.start()));
+                    mr.put_u32(8 * i + 4, v4(a.range.end()));
+                }
             }
         }
-        // struct xt_mark_mtinfo1 { mark, mask, invert }
-        ("mark", 1) => {
+        Match::Mark(m) => {
             mr.kind = kind::MARK;
-            mr.put_u32(0, u32_at(d, 0).ok_or_else(short)?);
-            mr.put_u32(4, u32_at(d, 4).ok_or_else(short)?);
-            if u8_at(d, 8).ok_or_else(short)? != 0 {
+            mr.put_u32(0, m.mark);
+            mr.put_u32(4, m.mask);
+            if m.invert {
                 mr.inv = linv::ANY;
             }
         }
-        // struct xt_length_info { min, max, invert }
-        ("length", 0) => {
+        Match::Length(l) => {
             mr.kind = kind::LENGTH;
-            mr.put_u16(0, u16_at(d, 0).ok_or_else(short)?);
-            mr.put_u16(2, u16_at(d, 2).ok_or_else(short)?);
-            if u8_at(d, 4).ok_or_else(short)? != 0 {
+            mr.put_u16(0, *l.length.start());
+            mr.put_u16(2, *l.length.end());
+            if l.invert {
                 mr.inv = linv::ANY;
             }
         }
-        // struct ipt_ttl_info { mode, ttl }
-        ("ttl", 0) => {
+        Match::Ttl(t) => {
             mr.kind = kind::TTL;
-            mr.flags = u8_at(d, 0).ok_or_else(short)?;
-            if mr.flags > 3 {
-                return Err(Why::Option("mode"));
-            }
-            mr.put_u8(0, u8_at(d, 1).ok_or_else(short)?);
+            mr.flags = match t.mode {
+                TtlMode::Eq => 0,
+                TtlMode::Ne => 1,
+                TtlMode::Lt => 2,
+                TtlMode::Gt => 3,
+            };
+            mr.put_u8(0, t.value);
         }
         _ => return Err(Why::UnknownExtension),
     }
@@ -796,9 +769,11 @@ fn lower_rule(r: &ir::Rule, hooks: u8) -> Result<Lowered, (String, Why)> {
             if matcher(&e.name, e.revision, true).is_none() {
                 return Err((e.name.clone(), Why::UnknownExtension));
             }
-            // struct ipt_reject_info { with }
-            let with = payload::u32_at(&e.data, 0).ok_or((e.name.clone(), Why::Payload))?;
-            if with > 8 || with == 4 {
+            let with = match crate::ext::Target::parse(Family::V4, &e.name, e.revision, &e.data) {
+                Ok(crate::ext::Target::Reject(w)) => w as u32,
+                _ => return Err((e.name.clone(), Why::Payload)),
+            };
+            if with == crate::ext::RejectV4::EchoReply as u32 {
                 return Err((e.name.clone(), Why::Option("--reject-with")));
             }
             rec.target = target::REJECT;

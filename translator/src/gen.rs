@@ -139,13 +139,9 @@ impl Tuple {
         for v in [self.sport.0, self.sport.1, self.dport.0, self.dport.1] {
             d.extend_from_slice(&v.to_ne_bytes());
         }
-        let name = if self.proto == 6 {
-            d.extend_from_slice(&[0, 0, 0, 0]);
-            "tcp"
-        } else {
-            d.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-            "udp"
-        };
+        // struct xt_tcp / xt_udp, XT_ALIGN'd to 16 bytes.
+        d.resize(16, 0);
+        let name = if self.proto == 6 { "tcp" } else { "udp" };
         Rule {
             entry: 0,
             ip: IpHeader {

@@ -153,7 +153,9 @@ impl R {
     }
 }
 
-pub fn ext(name: &str, revision: u8, data: Vec<u8>) -> Ext {
+/// A payload as the kernel stores it: XT_ALIGN'd (8 bytes) with zero padding.
+pub fn ext(name: &str, revision: u8, mut data: Vec<u8>) -> Ext {
+    data.resize(data.len().div_ceil(8) * 8, 0);
     Ext {
         name: name.into(),
         revision,
@@ -177,7 +179,7 @@ pub fn udp(sp: (u16, u16), dp: (u16, u16), inv: u8) -> Ext {
     for v in [sp.0, sp.1, dp.0, dp.1] {
         d.extend_from_slice(&v.to_ne_bytes());
     }
-    d.extend_from_slice(&[inv, 0, 0, 0, 0, 0]);
+    d.push(inv);
     ext("udp", 0, d)
 }
 
@@ -214,12 +216,15 @@ pub fn multiport(flags: u8, items: &[(u16, u16)], inv: bool) -> Ext {
 /// struct xt_iprange_mtinfo; flags IPRANGE_SRC 1, DST 2, SRC_INV 0x10, DST_INV 0x20
 pub fn iprange(src: (&str, &str), dst: (&str, &str), flags: u8) -> Ext {
     let mut d = Vec::new();
-    for a in [src.0, src.1, dst.0, dst.1] {
+    // As iptables writes it: a range not selected by the flags stays zero.
+    for (i, a) in [src.0, src.1, dst.0, dst.1].into_iter().enumerate() {
         let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&a.parse::<Ipv4Addr>().unwrap().octets());
+        if flags & (1 << (i / 2)) != 0 {
+            b[..4].copy_from_slice(&a.parse::<Ipv4Addr>().unwrap().octets());
+        }
         d.extend_from_slice(&b);
     }
-    d.extend_from_slice(&[flags, 0, 0, 0]);
+    d.push(flags);
     ext("iprange", 1, d)
 }
 
