@@ -586,10 +586,9 @@ const CASES: &[Case] = &[
     },
 ];
 
-fn check_case(c: &Case, h: H) {
+fn check_case(hn: &mut Harness, c: &Case, h: H) {
     let (rules, packets) = (c.run)(h);
     let rs = in_hook(h, rules);
-    let mut hn = Harness::new();
     hn.load(&rs);
     for (p, want) in packets {
         let (refv, _) = reference(&rs, h, &p);
@@ -608,9 +607,11 @@ fn matches_on_each_hook() {
     if !root() {
         return;
     }
+    // One dataplane for all cases: each case is a commit over the previous one.
+    let mut hn = Harness::new();
     for c in CASES {
         for h in c.hooks {
-            check_case(c, *h);
+            check_case(&mut hn, c, *h);
         }
     }
 }
