@@ -1060,6 +1060,10 @@ pub fn compile(
             Some(o) if Arc::ptr_eq(&o.rules, &cr) && !(bounds_changed && has_ports) => {
                 o.index.clone()
             }
+            Some(o) if !(bounds_changed && has_ports) => Arc::new(
+                update_index(id, &o.rules, &o.index, &cr, &asg.bounds)
+                    .unwrap_or_else(|| build_index(id, &cr, &asg.bounds)),
+            ),
             _ => Arc::new(build_index(id, &cr, &asg.bounds)),
         };
         let mut fields = 0u32;
@@ -1146,6 +1150,164 @@ fn mask(plen: u8) -> u32 {
     }
 }
 
+/// The list groups (field, class, plen) a rule with `anchor` is listed in.
+fn groups(anchor: &Anchor, bounds: &[BTreeSet<u32>; 2], out: &mut Vec<(u8, u32, u32)>) {
+    match anchor {
+        Anchor::Addr(f, addr, p) => out.push((*f as u8, *addr, *p as u32)),
+        Anchor::Ports(f, r) => {
+            let b = &bounds[(*f == Field::Dport) as usize];
+            for (lo, hi) in r.iter() {
+                for cls in b.range(*lo as u32..=*hi as u32) {
+                    out.push((*f as u8, *cls, 0));
+                }
+            }
+            out.push((Field::Dport as u8, CLASS_TRUNC, 0));
+        }
+        Anchor::Proto(p) => out.push((Field::Proto as u8, *p as u32, 0)),
+        Anchor::Iface(f, h) => out.push((*f as u8, *h, 0)),
+        Anchor::Float => out.push((Field::Float as u8, 0, 0)),
+    }
+}
+
+fn addr_prefixes(cr: &ChainRules) -> Vec<(u8, u8, u32)> {
+    let mut v: Vec<(u8, u8, u32)> = cr
+        .placed
+        .iter()
+        .filter_map(|p| match p.anchor {
+            Anchor::Addr(f, a, l) => Some((f as u8, l, a)),
+            _ => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The index of `new` from the index of `old` (same chain, same port boundaries): only the
+/// lists of rules added, removed or renumbered are rebuilt. `None` when the set of address
+/// classes changed (then the whole index is rebuilt).
+fn update_index(
+    id: u32,
+    old: &ChainRules,
+    old_index: &ChainIndex,
+    new: &ChainRules,
+    bounds: &[BTreeSet<u32>; 2],
+) -> Option<ChainIndex> {
+    if addr_prefixes(old) != addr_prefixes(new) {
+        return None;
+    }
+    // An address anchor whose class was too deeply nested is listed in FLOAT.
+    let effective = |a: &Anchor| -> Anchor {
+        if let Anchor::Addr(f, addr, p) = a {
+            let key = AddrKey {
+                prefixlen: 32 + *p as u32,
+                half: 0,
+                field: *f as u8,
+                chain_hi: (id >> 8) as u8,
+                chain_lo: id as u8,
+                addr: addr.to_be_bytes(),
+            };
+            if !old_index.addrs.contains_key(&key) {
+                return Anchor::Float;
+            }
+        }
+        a.clone()
+    };
+    let old_by_slot: HashMap<u32, u32> = old.placed.iter().map(|p| (p.slot, p.prio)).collect();
+    let new_by_slot: HashMap<u32, u32> = new.placed.iter().map(|p| (p.slot, p.prio)).collect();
+    let mut affected: HashSet<(u8, u32, u32)> = HashSet::default();
+    let mut g = Vec::new();
+    for p in &new.placed {
+        if old_by_slot.get(&p.slot) != Some(&p.prio) {
+            g.clear();
+            groups(&effective(&p.anchor), bounds, &mut g);
+            affected.extend(g.iter().copied());
+        }
+    }
+    for p in &old.placed {
+        if new_by_slot.get(&p.slot) != Some(&p.prio) {
+            g.clear();
+            groups(&effective(&p.anchor), bounds, &mut g);
+            affected.extend(g.iter().copied());
+        }
+    }
+    let mut index = old_index.clone();
+    for (f, cls, plen) in &affected {
+        let mut chunk = 0;
+        while index
+            .lists
+            .remove(&ListKey {
+                half: 0,
+                field: *f,
+                chain: id as u16,
+                cls: *cls,
+                plen: *plen,
+                chunk,
+            })
+            .is_some()
+        {
+            chunk += 1;
+        }
+    }
+    let mut entries: Vec<((u8, u32, u32), Cand)> = Vec::new();
+    for p in &new.placed {
+        g.clear();
+        groups(&effective(&p.anchor), bounds, &mut g);
+        for k in &g {
+            if affected.contains(k) {
+                entries.push((
+                    *k,
+                    Cand {
+                        prio: p.prio,
+                        slot: p.slot,
+                    },
+                ));
+            }
+        }
+    }
+    insert_lists(&mut index, id, entries);
+    Some(index)
+}
+
+/// Chunks sorted runs of (group, candidate) into `index.lists`.
+fn insert_lists(index: &mut ChainIndex, id: u32, mut entries: Vec<((u8, u32, u32), Cand)>) {
+    entries.sort_unstable();
+    entries.dedup();
+    index.lists.reserve(entries.len());
+    let mut i = 0;
+    while i < entries.len() {
+        let k = entries[i].0;
+        let mut j = i;
+        while j < entries.len() && entries[j].0 == k {
+            j += 1;
+        }
+        let run = &entries[i..j];
+        let chunks = run.len().div_ceil(CHUNK);
+        for (ci, part) in run.chunks(CHUNK).enumerate() {
+            let mut lv = ListVal {
+                n: part.len() as u16,
+                more: (ci + 1 < chunks) as u16,
+                ..Default::default()
+            };
+            for (e, (_, c)) in lv.e.iter_mut().zip(part) {
+                *e = *c;
+            }
+            index.lists.insert(
+                ListKey {
+                    half: 0,
+                    field: k.0,
+                    chain: id as u16,
+                    cls: k.1,
+                    plen: k.2,
+                    chunk: ci as u32,
+                },
+                lv,
+            );
+        }
+        i = j;
+    }
+}
+
 /// The candidate lists and address classes of one chain.
 fn build_index(id: u32, cr: &ChainRules, bounds: &[BTreeSet<u32>; 2]) -> ChainIndex {
     let mut index = ChainIndex::default();
@@ -1216,62 +1378,21 @@ fn build_index(id: u32, cr: &ChainRules, bounds: &[BTreeSet<u32>; 2]) -> ChainIn
     }
     // (field, class, plen, candidate), sorted: each run of one class is one list.
     let mut entries: Vec<((u8, u32, u32), Cand)> = Vec::with_capacity(cr.placed.len() + 16);
+    let mut g = Vec::new();
     for (p, a) in cr.placed.iter().zip(anchors) {
-        let c = Cand {
-            prio: p.prio,
-            slot: p.slot,
-        };
-        match a {
-            Anchor::Addr(f, addr, p) => entries.push(((*f as u8, *addr, *p as u32), c)),
-            Anchor::Ports(f, r) => {
-                let b = &bounds[(*f == Field::Dport) as usize];
-                for (lo, hi) in r.iter() {
-                    for cls in b.range(*lo as u32..=*hi as u32) {
-                        entries.push(((*f as u8, *cls, 0), c));
-                    }
-                }
-                entries.push(((Field::Dport as u8, CLASS_TRUNC, 0), c));
-            }
-            Anchor::Proto(p) => entries.push(((Field::Proto as u8, *p as u32, 0), c)),
-            Anchor::Iface(f, h) => entries.push(((*f as u8, *h, 0), c)),
-            Anchor::Float => entries.push(((Field::Float as u8, 0, 0), c)),
-        }
-    }
-    entries.sort_unstable();
-    entries.dedup();
-    index.lists.reserve(entries.len());
-    let mut i = 0;
-    while i < entries.len() {
-        let k = entries[i].0;
-        let mut j = i;
-        while j < entries.len() && entries[j].0 == k {
-            j += 1;
-        }
-        let run = &entries[i..j];
-        let chunks = run.len().div_ceil(CHUNK);
-        for (ci, part) in run.chunks(CHUNK).enumerate() {
-            let mut lv = ListVal {
-                n: part.len() as u16,
-                more: (ci + 1 < chunks) as u16,
-                ..Default::default()
-            };
-            for (e, (_, c)) in lv.e.iter_mut().zip(part) {
-                *e = *c;
-            }
-            index.lists.insert(
-                ListKey {
-                    half: 0,
-                    field: k.0,
-                    chain: id as u16,
-                    cls: k.1,
-                    plen: k.2,
-                    chunk: ci as u32,
+        g.clear();
+        groups(a, bounds, &mut g);
+        for k in &g {
+            entries.push((
+                *k,
+                Cand {
+                    prio: p.prio,
+                    slot: p.slot,
                 },
-                lv,
-            );
+            ));
         }
-        i = j;
     }
+    insert_lists(&mut index, id, entries);
     index
 }
 
@@ -1344,6 +1465,34 @@ mod tests {
         rs4.chains[1].rules.push(new.to_rule());
         let (img4, _) = compile(&rs4, &asg).unwrap();
         assert!(img4.diff(&img).len() <= 6);
+    }
+
+    /// Random edits: the index updated in place equals the index built from scratch.
+    #[test]
+    fn updated_index_equals_rebuilt_index() {
+        let mut rng = gen::Rng::new(3);
+        let mut tuples = gen::classbench(300, 9);
+        let (_, mut asg) = compile(
+            &gen::ruleset(Hook::Forward, &tuples, Verdict::Drop),
+            &SlotAssignment::default(),
+        )
+        .unwrap();
+        for round in 0..60 {
+            let extra = gen::classbench(1, 1000 + round);
+            match rng.below(3) {
+                0 => tuples.insert(rng.below(tuples.len() as u64) as usize, extra[0]),
+                1 if tuples.len() > 1 => {
+                    tuples.remove(rng.below(tuples.len() as u64) as usize);
+                }
+                _ => tuples.push(extra[0]),
+            }
+            let (img, a) =
+                compile(&gen::ruleset(Hook::Forward, &tuples, Verdict::Drop), &asg).unwrap();
+            asg = a;
+            let c = &img.chains[&layout::CHAIN_FORWARD];
+            let full = build_index(layout::CHAIN_FORWARD, &c.rules, &asg.bounds);
+            assert_eq!(*c.index, full, "round {round}");
+        }
     }
 
     #[test]
