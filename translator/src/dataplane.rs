@@ -5,6 +5,20 @@
 //!
 //! Attaching the programs to interfaces is the caller's (`sys::tcx_attach` with
 //! [`Dataplane::prog_fd`]).
+//!
+//! A commit, as `apply` does it (and [`Dataplane::commit`] for tests):
+//! 1. `compile::compile(ruleset, &prev_assignment)` -> (image, assignment); on error fall
+//!    back (`set_fallback(true)`, the kernel enforces) and keep the previous state;
+//! 2. `changes = image.diff(&prev_image)`; `write(active_half() ^ 1, &changes)` (new rule
+//!    slots get zeroed counters);
+//! 3. `flip()`; `sync()` (no packet still uses the old half);
+//! 4. `write(old_active, &changes)`: both halves equal again; the assignment's freed slots
+//!    become reusable at the next compile;
+//! 5. counters for GET_ENTRIES: `counter(assignment.rule_slot(chain, i))` and
+//!    `counter(assignment.tail_slot(chain))`; SET_ADD_COUNTERS is the daemon's (add to what
+//!    the datapath counted).
+//! Kept current independently of commits: `set_ifname` (ifindex -> name, from rtnetlink
+//! links) and `set_local` (local and broadcast routes of the local table; 127.0.0.0/8 too).
 
 use std::collections::HashMap;
 use std::fmt;
