@@ -8,11 +8,15 @@
 pub mod abi;
 pub mod attach;
 pub mod check;
+pub mod compile;
 pub mod daemon;
+pub mod dataplane;
 pub mod ext;
 pub mod fallback;
+pub mod gen;
 pub mod ir;
 pub mod kernel;
+pub mod layout;
 pub mod log;
 pub mod netlink;
 pub mod oracle;

@@ -276,3 +276,43 @@ pub fn loopback_ifindex() -> u32 {
         i
     }
 }
+
+// enum bpf_map_type
+pub const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+/// Creates a 1-slot ARRAY_OF_MAPS holding `inner`'s kind of map: an update of it waits for
+/// an RCU grace period (kernel/bpf/syscall.c maybe_wait_bpf_programs, since Linux 5.1).
+pub fn map_create_of_maps(inner: &impl AsRawFd, name: &str) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, BPF_MAP_TYPE_ARRAY_OF_MAPS)
+        .u32(4, 4)
+        .u32(8, 4)
+        .u32(12, 1)
+        .u32(20, inner.as_raw_fd() as u32)
+        .name(28, name);
+    bpf(BPF_MAP_CREATE, &mut a).map(fd_result)
+}
+
+/// Looks `key` up in a per-CPU map: `value` holds one value per possible CPU, each
+/// rounded up to 8 bytes.
+pub fn map_lookup_percpu(map: &impl AsRawFd, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    map_lookup(map, key, value)
+}
+
+/// Number of possible CPUs (/sys/devices/system/cpu/possible), the per-CPU value count.
+pub fn possible_cpus() -> io::Result<usize> {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let mut n = 0;
+    for part in s.trim().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let a: usize = a
+            .parse()
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let b: usize = b
+            .parse()
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        n = n.max(b + 1);
+        let _ = a;
+    }
+    Ok(n)
+}

@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/* Maps and per-packet state shared by the datapath's header libraries. */
+#ifndef BPFIPT_COMMON_H
+#define BPFIPT_COMMON_H
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "bpfipt.h"
+
+/* Map sizes are placeholders: the loader sets them (EbpfLoader::set_max_entries). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfipt_config);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * BPFIPT_MAX_CHAINS);
+	__type(key, __u32);
+	__type(value, struct bpfipt_chain);
+} chains SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct bpfipt_rule);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct bpfipt_counter);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct bpfipt_list_key);
+	__type(value, struct bpfipt_list);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lists SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct bpfipt_addr_key);
+	__type(value, struct bpfipt_addr_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * 2 * 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct bpfipt_ifname);
+} ifnames SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct bpfipt_local_key);
+	__type(value, struct bpfipt_local_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} local4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BPFIPT_NREASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* What classification needs from a packet, read once. */
+struct pkt {
+	__be32 saddr;
+	__be32 daddr;
+	__u32 saddr_h;
+	__u32 daddr_h;
+	__u32 mark;
+	__u32 bytes;	/* as the kernel counts: the IP datagram */
+	__u16 tot_len;
+	__u16 fragoff;	/* ntohs(frag_off) & IP_OFFSET */
+	__u16 l4len;	/* L4 bytes present */
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 ttl;
+	__u8 tos;
+	__u8 has_ports;	/* port protocol, first fragment, 4 bytes of L4 */
+	__u8 trunc_ports;	/* ports unknown, port matches must still run (hotdrop) */
+	__u8 tcpflags;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 ihl;	/* header length in bytes */
+	char in[16];
+	char out[16];
+	__u32 in_hash;
+	__u32 out_hash;
+	__u8 has_in;
+	__u8 has_out;
+	__u8 pad[2];
+};
+
+struct head {
+	struct bpfipt_list_key key;
+	__u16 n;
+	__u16 more;
+	__u16 pos;
+	__u16 pad;
+	struct bpfipt_cand e[BPFIPT_CHUNK];
+};
+
+struct frame {
+	__u32 chain;
+	__u32 prio;
+};
+
+enum { PHASE_SETUP = 0, PHASE_SCAN = 1 };
+
+struct state {
+	struct pkt p;
+	__u32 half;
+	__u32 chain;
+	__u32 hook_chain;
+	__u32 resume;	/* skip candidates with prio <= resume (after RETURN) */
+	__u32 depth;
+	__u32 nheads;
+	__u32 phase;
+	__u32 verdict;	/* TC_ACT_* when done */
+	__u32 reason;
+	__u32 reject;	/* enum bpfipt_reject + 1 when REJECT */
+	__u32 done;
+	__u32 pad;
+	struct frame stack[BPFIPT_MAX_STACK];
+	struct head heads[BPFIPT_MAX_HEADS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct state);
+} scratch SEC(".maps");
+
+#endif

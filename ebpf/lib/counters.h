@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/* Rule and chain counters (per slot, per CPU) and verdict reasons. */
+#ifndef BPFIPT_COUNTERS_H
+#define BPFIPT_COUNTERS_H
+
+#include "common.h"
+
+/* Counts a packet on a rule or chain tail slot, as ADD_COUNTER in ipt_do_table. */
+static __always_inline void count_slot(__u32 slot, __u32 bytes)
+{
+	struct bpfipt_counter *c = bpf_map_lookup_elem(&counters, &slot);
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline void count_reason(__u32 reason)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &reason);
+
+	if (v)
+		*v += 1;
+}
+
+#endif

@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/* Reads what classification needs from an IPv4 packet, once, with the kernel's
+ * definitions: fragoff as ipt_do_table computes it, L4 fields only when the first fragment
+ * carries them (skb_header_pointer in tcp_mt, udp_mt, icmp_match, multiport_mt). */
+#ifndef BPFIPT_PARSE_H
+#define BPFIPT_PARSE_H
+
+#include "common.h"
+
+#define ETH_HLEN_ 14
+#define IP_OFFSET_ 0x1fff
+
+enum parse_result { PARSE_OK = 0, PARSE_NOT_IPV4 = 1, PARSE_MALFORMED = 2 };
+
+static __always_inline int port_proto(__u8 p)
+{
+	/* Protocols whose first 4 L4 bytes are the ports (multiport accepts all of them). */
+	return p == IPPROTO_TCP || p == IPPROTO_UDP || p == IPPROTO_UDPLITE ||
+	       p == IPPROTO_SCTP || p == IPPROTO_DCCP;
+}
+
+static __always_inline int ifname_of(__u32 ifindex, char *name, __u32 *hash)
+{
+	struct bpfipt_ifname *n = bpf_map_lookup_elem(&ifnames, &ifindex);
+
+	if (!n) {
+		__builtin_memset(name, 0, 16);
+		*hash = 0;
+		return 0;
+	}
+	__builtin_memcpy(name, n->name, 16);
+	*hash = n->hash;
+	return 1;
+}
+
+/* Fills p from the packet at skb (Ethernet then IPv4), reading the linear data directly
+ * (a helper call per read costs more than the bounds checks). */
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN_;
+	__u8 *l4;
+	__u32 l3len;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return PARSE_NOT_IPV4;
+	if ((void *)(ip + 1) > end) {
+		/* Not in the linear area: pull it there once. */
+		if (bpf_skb_pull_data(skb, ETH_HLEN_ + sizeof(*ip) + 20) < 0 &&
+		    bpf_skb_pull_data(skb, ETH_HLEN_ + sizeof(*ip)) < 0)
+			return PARSE_MALFORMED;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		ip = data + ETH_HLEN_;
+		if ((void *)(ip + 1) > end)
+			return PARSE_MALFORMED;
+	}
+	if (ip->version != 4 || ip->ihl < 5)
+		return PARSE_MALFORMED;
+	l3len = skb->len - ETH_HLEN_;
+	p->tot_len = bpf_ntohs(ip->tot_len);
+	p->ihl = ip->ihl * 4;
+	if (p->tot_len < p->ihl || p->tot_len > l3len)
+		/* ip_rcv_core drops these before any hook. */
+		return PARSE_MALFORMED;
+	/* At the hooks the skb is trimmed to tot_len; a GSO packet's tot_len may be 0. */
+	p->bytes = p->tot_len ? p->tot_len : l3len;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->saddr_h = bpf_ntohl(ip->saddr);
+	p->daddr_h = bpf_ntohl(ip->daddr);
+	p->proto = ip->protocol;
+	p->ttl = ip->ttl;
+	p->tos = ip->tos;
+	p->fragoff = bpf_ntohs(ip->frag_off) & IP_OFFSET_;
+	p->mark = skb->mark;
+	p->l4len = p->tot_len - p->ihl;
+	p->has_ports = 0;
+	p->trunc_ports = 0;
+	p->sport = p->dport = 0;
+	p->tcpflags = 0;
+	p->icmp_type = p->icmp_code = 0;
+	if (p->fragoff) {
+		/* tcp_mt drops "evil" offset-1 fragments whatever its ports: the rules
+		 * anchored on ports must be seen (the TRUNC list). */
+		p->trunc_ports = p->proto == IPPROTO_TCP && p->fragoff == 1;
+		return PARSE_OK;
+	}
+	l4 = data + ETH_HLEN_ + (p->ihl & 0x3c);
+	if (p->l4len >= 4 && (void *)(l4 + 4) > end) {
+		bpf_skb_pull_data(skb, ETH_HLEN_ + p->ihl + (p->l4len >= 20 ? 20 : p->l4len));
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		l4 = data + ETH_HLEN_ + (p->ihl & 0x3c);
+	}
+	if (p->l4len >= 4) {
+		if ((void *)(l4 + 4) > end)
+			return PARSE_MALFORMED;
+		if (port_proto(p->proto)) {
+			p->has_ports = 1;
+			p->sport = ((__u16)l4[0] << 8) | l4[1];
+			p->dport = ((__u16)l4[2] << 8) | l4[3];
+		}
+		p->icmp_type = l4[0];
+		p->icmp_code = l4[1];
+	}
+	if (p->l4len >= 20 && (void *)(l4 + 14) <= end)
+		p->tcpflags = l4[13];
+	if (port_proto(p->proto) &&
+	    p->l4len < (p->proto == IPPROTO_TCP ? 20 : p->proto == IPPROTO_UDP ? 8 : 4))
+		/* Shorter than what the match reads (tcp_mt 20, udp_mt 8, multiport_mt 4 bytes):
+		 * the match hotdrops whatever the ports, so every port-anchored rule is a
+		 * candidate (the TRUNC list). */
+		p->trunc_ports = 1;
+	return PARSE_OK;
+}
+
+#endif

@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/* From a hook to a verdict: which chain a packet enters, with which devices. */
+#ifndef BPFIPT_VERDICT_H
+#define BPFIPT_VERDICT_H
+
+#include "common.h"
+#include "parse.h"
+#include "classify.h"
+#include "reject.h"
+
+static __always_inline struct state *get_state(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&scratch, &zero);
+}
+
+/* Runs the filter table for the chain `entry` and acts on its verdict. Devices: `in_dev`
+ * and `out_dev` name the -i / -o devices (0: none); replies leave through `in_dev`. */
+static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u32 half,
+				    __u32 entry, __u32 in_dev, __u32 out_dev)
+{
+	__u32 idx = half * BPFIPT_MAX_CHAINS + entry;
+	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
+
+	if (!c) {
+		count_reason(BPFIPT_R_NO_STATE);
+		return TC_ACT_OK;
+	}
+	if (c->skip) {
+		/* Nothing to classify, but the kernel counts the policy. */
+		count_slot(c->tail_slot, st->p.bytes);
+		count_reason(BPFIPT_R_PASS_SKIPPED_CHAIN);
+		return TC_ACT_OK;
+	}
+	st->p.has_in = 0;
+	st->p.has_out = 0;
+	st->p.in_hash = 0;
+	st->p.out_hash = 0;
+	__builtin_memset(st->p.in, 0, 16);
+	__builtin_memset(st->p.out, 0, 16);
+	if (c->needs & BPFIPT_CHAIN_NEEDS_IFNAMES) {
+		if (in_dev)
+			st->p.has_in = ifname_of(in_dev, st->p.in, &st->p.in_hash);
+		if (out_dev)
+			st->p.has_out = ifname_of(out_dev, st->p.out, &st->p.out_hash);
+	}
+	classify(st, half, entry);
+	count_reason(st->reason);
+	if (st->reject)
+		return do_reject(skb, st, st->reject - 1, in_dev);
+	return st->verdict;
+}
+
+static __always_inline struct bpfipt_config *get_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+/* Whether daddr is one of ours (INPUT): local and broadcast routes, limited broadcast and
+ * multicast. */
+static __always_inline __u32 local_kind(__be32 daddr)
+{
+	struct bpfipt_local_key k = { .prefixlen = 32 };
+	struct bpfipt_local_val *v;
+	__u32 a = bpf_ntohl(daddr);
+
+	if (a == 0xffffffffu || (a >> 28) == 0xe)
+		return BPFIPT_LOCAL_BROADCAST;
+	__builtin_memcpy(k.addr, &daddr, 4);
+	v = bpf_map_lookup_elem(&local4, &k);
+	return v ? v->kind : 0;
+}
+
+static __always_inline int hook_ingress(struct __sk_buff *skb)
+{
+	struct bpfipt_config *cfg = get_config();
+	struct state *st = get_state();
+	int r;
+
+	if (!cfg || !st)
+		return TC_ACT_OK;
+	if (cfg->fallback) {
+		count_reason(BPFIPT_R_PASS_FALLBACK);
+		return TC_ACT_OK;
+	}
+	r = parse_ipv4(skb, &st->p);
+	if (r != PARSE_OK) {
+		count_reason(r == PARSE_NOT_IPV4 ? BPFIPT_R_PASS_NOT_IPV4 : BPFIPT_R_MALFORMED);
+		return TC_ACT_OK;
+	}
+	if (!local_kind(st->p.daddr)) {
+		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
+		return TC_ACT_OK;
+	}
+	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0);
+}
+
+static __always_inline int hook_egress(struct __sk_buff *skb)
+{
+	struct bpfipt_config *cfg = get_config();
+	struct state *st = get_state();
+	__u32 entry, in_ifindex;
+	int r;
+
+	if (!cfg || !st)
+		return TC_ACT_OK;
+	if (cfg->fallback) {
+		count_reason(BPFIPT_R_PASS_FALLBACK);
+		return TC_ACT_OK;
+	}
+	r = parse_ipv4(skb, &st->p);
+	if (r != PARSE_OK) {
+		count_reason(r == PARSE_NOT_IPV4 ? BPFIPT_R_PASS_NOT_IPV4 : BPFIPT_R_MALFORMED);
+		return TC_ACT_OK;
+	}
+	if (skb->tc_index == BPFIPT_TC_INDEX_REPLY || skb->ingress_ifindex == 0) {
+		/* Locally generated (our REJECT replies included, as the kernel's go through
+		 * ip_local_out): OUTPUT. */
+		skb->tc_index = 0;
+		entry = BPFIPT_CHAIN_OUTPUT;
+		in_ifindex = 0;
+	} else {
+		entry = BPFIPT_CHAIN_FORWARD;
+		in_ifindex = skb->ingress_ifindex;
+	}
+	return run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex);
+}
+
+#endif

@@ -1,0 +1,501 @@
+//! The loaded datapath of one namespace: the eBPF object of `ebpf/` (embedded at build
+//! time), its maps, and the primitives `apply` builds a commit from: write an [`Image`]'s
+//! changes into a half, flip the generation, wait for a grace period, read counters, keep
+//! `ifnames` and `local4` current, and run a program on a packet (BPF_PROG_TEST_RUN).
+//!
+//! Attaching the programs to interfaces is the caller's (`sys::tcx_attach` with
+//! [`Dataplane::prog_fd`]).
+//!
+//! A commit, as `apply` does it (and [`Dataplane::commit`] for tests):
+//! 1. `compile::compile(ruleset, &prev_assignment)` -> (image, assignment); on error fall
+//!    back (`set_fallback(true)`, the kernel enforces) and keep the previous state;
+//! 2. `changes = image.diff(&prev_image)`; `write(active_half() ^ 1, &changes)` (new rule
+//!    slots get zeroed counters);
+//! 3. `flip()`; `sync()` (no packet still uses the old half);
+//! 4. `write(old_active, &changes)`: both halves equal again; the assignment's freed slots
+//!    become reusable at the next compile;
+//! 5. counters for GET_ENTRIES: `counter(assignment.rule_slot(chain, i))` and
+//!    `counter(assignment.tail_slot(chain))`; SET_ADD_COUNTERS is the daemon's (add to what
+//!    the datapath counted).
+//!
+//! Kept current independently of commits: `set_ifname` (ifindex -> name, from rtnetlink
+//! links) and `set_local` (local and broadcast routes of the local table; 127.0.0.0/8 too).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use aya::maps::Map;
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::compile::{Change, Image};
+use crate::layout::{self, Config, Counter, Ifname, LocalKey, LocalVal, Pod, Reason};
+use crate::sys;
+
+/// The compiled datapath (ebpf/bpfipt.c), built by build.rs with clang-19.
+pub static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpfipt.o"));
+
+/// Map sizes chosen at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Rule records and counters (slots); a full replacement needs room for old and new.
+    pub slots: u32,
+    /// Chunks of candidate lists (both halves).
+    pub list_chunks: u32,
+    /// Address classes (both halves).
+    pub addr_classes: u32,
+    pub ifnames: u32,
+    pub local_addrs: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            slots: 1 << 16,
+            list_chunks: 1 << 18,
+            addr_classes: 1 << 18,
+            ifnames: 4096,
+            local_addrs: 4096,
+        }
+    }
+}
+
+/// The two programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Prog {
+    /// TC ingress: INPUT.
+    Ingress,
+    /// TC egress: FORWARD and OUTPUT.
+    Egress,
+}
+
+impl Prog {
+    pub fn name(self) -> &'static str {
+        match self {
+            Prog::Ingress => "bpfipt_ingress",
+            Prog::Egress => "bpfipt_egress",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// aya could not load the object or a program (verifier log inside).
+    Load(String),
+    /// A map or program the object must have is missing.
+    Missing(&'static str),
+    /// A bpf(2) call failed.
+    Sys { call: &'static str, err: io::Error },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Load(s) => write!(f, "loading the datapath: {s}"),
+            Error::Missing(s) => write!(f, "the datapath object has no {s}"),
+            Error::Sys { call, err } => write!(f, "{call}: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn sys_err(call: &'static str) -> impl Fn(io::Error) -> Error {
+    move |err| Error::Sys { call, err }
+}
+
+/// `struct __sk_buff` fields BPF_PROG_TEST_RUN lets a test set (net/bpf/test_run.c).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbCtx {
+    pub mark: u32,
+    /// The device the program runs on (must exist in the caller's namespace; 0 = lo).
+    pub ifindex: u32,
+    /// The device a forwarded packet arrived on (0: locally generated).
+    pub ingress_ifindex: u32,
+}
+
+impl SkbCtx {
+    /// The `struct __sk_buff` bytes (192 bytes since Linux 5.16).
+    fn bytes(&self) -> [u8; 192] {
+        let mut b = [0u8; 192];
+        b[8..12].copy_from_slice(&self.mark.to_ne_bytes());
+        b[36..40].copy_from_slice(&self.ingress_ifindex.to_ne_bytes());
+        b[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b
+    }
+}
+
+/// What one BPF_PROG_TEST_RUN gave back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunResult {
+    /// TC_ACT_* (0 OK, 2 SHOT, 7 REDIRECT).
+    pub retval: u32,
+    /// The packet as the program left it (a REJECT reply, for one).
+    pub packet: Vec<u8>,
+    /// Mean time per run as the kernel measured it.
+    pub duration: Duration,
+}
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// The halved maps an [`Image`] writes.
+struct Maps {
+    config: OwnedFd,
+    chains: OwnedFd,
+    rules: OwnedFd,
+    counters: OwnedFd,
+    lists: OwnedFd,
+    addrs: OwnedFd,
+    ports: OwnedFd,
+    ifnames: OwnedFd,
+    local4: OwnedFd,
+    stats: OwnedFd,
+}
+
+/// The loaded object of one namespace.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    maps: Maps,
+    sync_outer: OwnedFd,
+    sync_inner: OwnedFd,
+    cpus: usize,
+    pub limits: Limits,
+}
+
+fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, Error> {
+    let m = ebpf.map(name).ok_or(Error::Missing(name))?;
+    let data = match m {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LpmTrie(d)
+        | Map::PerCpuArray(d)
+        | Map::Unsupported(d) => d,
+        _ => return Err(Error::Missing(name)),
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(sys_err("dup"))
+}
+
+impl Dataplane {
+    /// Loads the object and its two programs (verified once here).
+    pub fn load(limits: Limits) -> Result<Dataplane, Error> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("rules", limits.slots)
+            .map_max_entries("counters", limits.slots)
+            .map_max_entries("lists", limits.list_chunks)
+            .map_max_entries("addrs", limits.addr_classes)
+            .map_max_entries("ifnames", limits.ifnames)
+            .map_max_entries("local4", limits.local_addrs)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(format!("{e:?}")))?;
+        for p in [Prog::Ingress, Prog::Egress] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(p.name())
+                .ok_or(Error::Missing("program"))?
+                .try_into()
+                .map_err(|e| Error::Load(format!("{e:?}")))?;
+            prog.load().map_err(|e| Error::Load(format!("{e:?}")))?;
+        }
+        let maps = Maps {
+            config: map_fd(&ebpf, "config")?,
+            chains: map_fd(&ebpf, "chains")?,
+            rules: map_fd(&ebpf, "rules")?,
+            counters: map_fd(&ebpf, "counters")?,
+            lists: map_fd(&ebpf, "lists")?,
+            addrs: map_fd(&ebpf, "addrs")?,
+            ports: map_fd(&ebpf, "ports")?,
+            ifnames: map_fd(&ebpf, "ifnames")?,
+            local4: map_fd(&ebpf, "local4")?,
+            stats: map_fd(&ebpf, "stats")?,
+        };
+        let sync_inner = sys::map_create(sys::BPF_MAP_TYPE_ARRAY, 4, 4, 1, 0, "bpfipt_sync_in")
+            .map_err(sys_err("map_create"))?;
+        let sync_outer =
+            sys::map_create_of_maps(&sync_inner, "bpfipt_sync").map_err(sys_err("map_create"))?;
+        let cpus = sys::possible_cpus().map_err(sys_err("possible cpus"))?;
+        let dp = Dataplane {
+            ebpf,
+            maps,
+            sync_outer,
+            sync_inner,
+            cpus,
+            limits,
+        };
+        dp.set_config(&Config {
+            gen: 0,
+            fallback: 0,
+            default_ttl: 64,
+            lo_ifindex: sys::loopback_ifindex(),
+        })?;
+        Ok(dp)
+    }
+
+    /// The program's fd, for attachment (`sys::tcx_attach`).
+    pub fn prog_fd(&self, p: Prog) -> Result<OwnedFd, Error> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(p.name())
+            .ok_or(Error::Missing("program"))?
+            .try_into()
+            .map_err(|e| Error::Load(format!("{e:?}")))?;
+        prog.fd()
+            .map_err(|e| Error::Load(format!("{e:?}")))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(sys_err("dup"))
+    }
+
+    pub fn config(&self) -> Result<Config, Error> {
+        let mut v = [0u8; std::mem::size_of::<Config>()];
+        sys::map_lookup(&self.maps.config, &0u32.to_ne_bytes(), &mut v)
+            .map_err(sys_err("lookup config"))?;
+        Ok(Config::from_bytes(&v))
+    }
+
+    /// Writes the whole config entry in one update (the generation flip is one of these).
+    pub fn set_config(&self, c: &Config) -> Result<(), Error> {
+        sys::map_update(
+            &self.maps.config,
+            &0u32.to_ne_bytes(),
+            c.as_bytes(),
+            sys::BPF_ANY,
+        )
+        .map_err(sys_err("update config"))
+    }
+
+    /// The half packets use now.
+    pub fn active_half(&self) -> Result<u8, Error> {
+        Ok((self.config()?.gen & 1) as u8)
+    }
+
+    /// Makes the other half active.
+    pub fn flip(&self) -> Result<u8, Error> {
+        let mut c = self.config()?;
+        c.gen = c.gen.wrapping_add(1);
+        self.set_config(&c)?;
+        Ok((c.gen & 1) as u8)
+    }
+
+    /// Sets the fallback flag: non-zero lets every packet pass (the kernel enforces).
+    pub fn set_fallback(&self, on: bool) -> Result<(), Error> {
+        let mut c = self.config()?;
+        c.fallback = on as u32;
+        self.set_config(&c)
+    }
+
+    /// Waits until no program runs with what was visible before the call: an
+    /// ARRAY_OF_MAPS update is followed by synchronize_rcu in the kernel.
+    pub fn sync(&self) -> Result<(), Error> {
+        sys::map_update(
+            &self.sync_outer,
+            &0u32.to_ne_bytes(),
+            &(self.sync_inner.as_raw_fd() as u32).to_ne_bytes(),
+            sys::BPF_ANY,
+        )
+        .map_err(sys_err("sync"))
+    }
+
+    /// Writes `changes` (from [`Image::diff`]) into `half`. Rule records are not halved:
+    /// a new record's slot also gets its counters zeroed.
+    pub fn write(&self, half: u8, changes: &[Change]) -> Result<(), Error> {
+        let m = &self.maps;
+        for c in changes {
+            match c {
+                Change::Chain(id, rec) => {
+                    let idx = half as u32 * layout::MAX_CHAINS + id;
+                    let v = rec.unwrap_or_default();
+                    sys::map_update(&m.chains, &idx.to_ne_bytes(), v.as_bytes(), sys::BPF_ANY)
+                        .map_err(sys_err("update chains"))?;
+                }
+                Change::List(k, v) => {
+                    let mut k = *k;
+                    k.half = half;
+                    match v {
+                        Some(v) => {
+                            sys::map_update(&m.lists, k.as_bytes(), v.as_bytes(), sys::BPF_ANY)
+                                .map_err(sys_err("update lists"))?
+                        }
+                        None => {
+                            sys::map_delete(&m.lists, k.as_bytes())
+                                .map_err(sys_err("delete lists"))?;
+                        }
+                    }
+                }
+                Change::Addr(k, v) => {
+                    let mut k = *k;
+                    k.half = half;
+                    match v {
+                        Some(v) => {
+                            sys::map_update(&m.addrs, k.as_bytes(), v.as_bytes(), sys::BPF_ANY)
+                                .map_err(sys_err("update addrs"))?
+                        }
+                        None => {
+                            sys::map_delete(&m.addrs, k.as_bytes())
+                                .map_err(sys_err("delete addrs"))?;
+                        }
+                    }
+                }
+                Change::Port(field, port, cls) => {
+                    let idx = (half as u32 * 2 + *field as u32) * 65536 + *port as u32;
+                    sys::map_update(
+                        &m.ports,
+                        &idx.to_ne_bytes(),
+                        &cls.to_ne_bytes(),
+                        sys::BPF_ANY,
+                    )
+                    .map_err(sys_err("update ports"))?;
+                }
+                Change::Rule(slot, rec) => {
+                    if let Some(r) = rec {
+                        sys::map_update(&m.rules, &slot.to_ne_bytes(), r.as_bytes(), sys::BPF_ANY)
+                            .map_err(sys_err("update rules"))?;
+                        self.zero_counters(*slot)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything of `image` into `half` (a fresh dataplane).
+    pub fn write_image(&self, half: u8, image: &Image) -> Result<(), Error> {
+        self.write(half, &image.diff(&Image::default()))
+    }
+
+    /// The whole commit as `apply` does it, for tests and tools: the changes into the
+    /// inactive half, flip, grace period, the same changes into the other half.
+    pub fn commit(&self, old: &Image, new: &Image) -> Result<(), Error> {
+        let changes = new.diff(old);
+        let active = self.active_half()?;
+        self.write(active ^ 1, &changes)?;
+        self.flip()?;
+        self.sync()?;
+        self.write(active, &changes)
+    }
+
+    fn zero_counters(&self, slot: u32) -> Result<(), Error> {
+        let v = vec![0u8; 16 * self.cpus];
+        sys::map_update(&self.maps.counters, &slot.to_ne_bytes(), &v, sys::BPF_ANY)
+            .map_err(sys_err("update counters"))
+    }
+
+    /// Packets and bytes counted on `slot`, summed over CPUs.
+    pub fn counter(&self, slot: u32) -> Result<Counter, Error> {
+        let mut v = vec![0u8; 16 * self.cpus];
+        sys::map_lookup_percpu(&self.maps.counters, &slot.to_ne_bytes(), &mut v)
+            .map_err(sys_err("lookup counters"))?;
+        let mut c = Counter::default();
+        for cpu in v.chunks(16) {
+            let x = Counter::from_bytes(cpu);
+            c.packets += x.packets;
+            c.bytes += x.bytes;
+        }
+        Ok(c)
+    }
+
+    /// Packets per verdict reason, summed over CPUs.
+    pub fn reasons(&self) -> Result<HashMap<Reason, u64>, Error> {
+        let mut out = HashMap::new();
+        for r in Reason::ALL {
+            let mut v = vec![0u8; 8 * self.cpus];
+            sys::map_lookup_percpu(&self.maps.stats, &(r as u32).to_ne_bytes(), &mut v)
+                .map_err(sys_err("lookup stats"))?;
+            let n: u64 = v.chunks(8).map(u64::from_bytes).sum();
+            out.insert(r, n);
+        }
+        Ok(out)
+    }
+
+    /// Records the name of `ifindex` (`None`: the device is gone).
+    pub fn set_ifname(&self, ifindex: u32, name: Option<&str>) -> Result<(), Error> {
+        match name {
+            Some(n) => {
+                let mut v = Ifname::default();
+                let b = n.as_bytes();
+                let l = b.len().min(15);
+                v.name[..l].copy_from_slice(&b[..l]);
+                v.hash = layout::ifname_hash(&v.name);
+                sys::map_update(
+                    &self.maps.ifnames,
+                    &ifindex.to_ne_bytes(),
+                    v.as_bytes(),
+                    sys::BPF_ANY,
+                )
+                .map_err(sys_err("update ifnames"))
+            }
+            None => sys::map_delete(&self.maps.ifnames, &ifindex.to_ne_bytes())
+                .map(|_| ())
+                .map_err(sys_err("delete ifnames")),
+        }
+    }
+
+    /// Adds (`kind` = layout::LOCAL_UNICAST / LOCAL_BROADCAST) or removes (`None`) a local
+    /// route's prefix: packets to it go through INPUT.
+    pub fn set_local(&self, addr: [u8; 4], plen: u8, kind: Option<u32>) -> Result<(), Error> {
+        let k = LocalKey {
+            prefixlen: plen as u32,
+            addr,
+        };
+        match kind {
+            Some(kind) => sys::map_update(
+                &self.maps.local4,
+                k.as_bytes(),
+                LocalVal { kind }.as_bytes(),
+                sys::BPF_ANY,
+            )
+            .map_err(sys_err("update local4")),
+            None => sys::map_delete(&self.maps.local4, k.as_bytes())
+                .map(|_| ())
+                .map_err(sys_err("delete local4")),
+        }
+    }
+
+    /// Runs `prog` once on `packet` (Ethernet frame) with BPF_PROG_TEST_RUN.
+    pub fn test_run(&self, prog: Prog, packet: &[u8], ctx: &SkbCtx) -> Result<RunResult, Error> {
+        self.test_run_repeat(prog, packet, ctx, 1)
+    }
+
+    /// Runs `prog` `repeat` times; the duration is the kernel's mean per run.
+    pub fn test_run_repeat(
+        &self,
+        prog: Prog,
+        packet: &[u8],
+        ctx: &SkbCtx,
+        repeat: u32,
+    ) -> Result<RunResult, Error> {
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(prog.name())
+            .ok_or(Error::Missing("program"))?
+            .try_into()
+            .map_err(|e| Error::Load(format!("{e:?}")))?;
+        let mut out = vec![0u8; packet.len().max(600) + 128];
+        let ctx_in = ctx.bytes();
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: None,
+                repeat,
+                ..Default::default()
+            })
+            .map_err(|e| Error::Sys {
+                call: "BPF_PROG_TEST_RUN",
+                err: io::Error::other(format!("{e:?}")),
+            })?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunResult {
+            retval: r.return_value,
+            packet: out,
+            duration: r.duration,
+        })
+    }
+}

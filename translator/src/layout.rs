@@ -1,0 +1,461 @@
+//! `#[repr(C)]` mirrors of the map keys and values of `include/bpfipt.h`, shared by
+//! `compile` (which fills them) and `dataplane` (which writes them). A test compares every
+//! size and field offset with the BTF of the compiled object (Cilium's alignchecker).
+
+include!(concat!(env!("OUT_DIR"), "/reasons.rs"));
+
+pub const CHAIN_INPUT: u32 = 0;
+pub const CHAIN_FORWARD: u32 = 1;
+pub const CHAIN_OUTPUT: u32 = 2;
+pub const MAX_CHAINS: u32 = 4096;
+pub const MAX_STACK: usize = 16;
+pub const MAX_MATCHES: usize = 6;
+pub const CHUNK: usize = 15;
+pub const MAX_ANCESTORS: usize = 6;
+pub const TC_INDEX_REPLY: u32 = 0xb1f7;
+pub const CLASS_TRUNC: u32 = 0xffff_ffff;
+
+/// `enum bpfipt_field`: what a rule is indexed under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Field {
+    Src = 0,
+    Dst = 1,
+    Sport = 2,
+    Dport = 3,
+    Proto = 4,
+    Iif = 5,
+    Oif = 6,
+    Float = 7,
+}
+
+/// `enum bpfipt_target`
+pub mod target {
+    pub const NONE: u8 = 0;
+    pub const ACCEPT: u8 = 1;
+    pub const DROP: u8 = 2;
+    pub const RETURN: u8 = 3;
+    pub const JUMP: u8 = 4;
+    pub const GOTO: u8 = 5;
+    pub const REJECT: u8 = 6;
+}
+
+/// `enum bpfipt_match_kind`
+pub mod kind {
+    pub const TCP: u8 = 1;
+    pub const UDP: u8 = 2;
+    pub const ICMP: u8 = 3;
+    pub const MULTIPORT: u8 = 4;
+    pub const IPRANGE: u8 = 5;
+    pub const MARK: u8 = 6;
+    pub const LENGTH: u8 = 7;
+    pub const TTL: u8 = 8;
+}
+
+/// `BPFIPT_INV_*`, `BPFIPT_IPRANGE_*`
+pub mod inv {
+    pub const SPT: u8 = 0x01;
+    pub const DPT: u8 = 0x02;
+    pub const FLAGS: u8 = 0x04;
+    pub const ANY: u8 = 0x08;
+    pub const IPRANGE_SRC: u8 = 0x10;
+    pub const IPRANGE_DST: u8 = 0x20;
+}
+
+/// `BPFIPT_NEED_*`
+pub mod need {
+    pub const ADDR: u8 = 0x01;
+    pub const IIF: u8 = 0x02;
+    pub const OIF: u8 = 0x04;
+    pub const PROTO: u8 = 0x08;
+    pub const FRAG: u8 = 0x10;
+}
+
+pub const LOCAL_UNICAST: u32 = 1;
+pub const LOCAL_BROADCAST: u32 = 2;
+
+/// `struct bpfipt_config`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Config {
+    pub gen: u32,
+    pub fallback: u32,
+    pub default_ttl: u32,
+    pub lo_ifindex: u32,
+}
+
+/// `struct bpfipt_chain`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ChainRec {
+    pub fields: u32,
+    pub tail_slot: u32,
+    pub policy: u8,
+    pub skip: u8,
+    /// Built-in chains: `CHAIN_NEEDS_*` of the table.
+    pub needs: u16,
+}
+
+/// `BPFIPT_CHAIN_NEEDS_IFNAMES`
+pub const CHAIN_NEEDS_IFNAMES: u16 = 0x0001;
+
+/// `struct bpfipt_list_key`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(C)]
+pub struct ListKey {
+    pub half: u8,
+    pub field: u8,
+    pub chain: u16,
+    pub cls: u32,
+    pub plen: u32,
+    pub chunk: u32,
+}
+
+/// `struct bpfipt_cand`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(C)]
+pub struct Cand {
+    pub prio: u32,
+    pub slot: u32,
+}
+
+/// `struct bpfipt_list`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ListVal {
+    pub n: u16,
+    pub more: u16,
+    pub pad: u32,
+    pub e: [Cand; CHUNK],
+}
+
+/// `struct bpfipt_addr_key`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(C)]
+pub struct AddrKey {
+    pub prefixlen: u32,
+    pub half: u8,
+    pub field: u8,
+    pub chain_hi: u8,
+    pub chain_lo: u8,
+    pub addr: [u8; 4],
+}
+
+/// `struct bpfipt_addr_val`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct AddrVal {
+    pub n: u8,
+    pub plen: [u8; MAX_ANCESTORS],
+    pub pad: u8,
+}
+
+/// `struct bpfipt_ifname`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Ifname {
+    pub name: [u8; 16],
+    pub hash: u32,
+}
+
+/// `struct bpfipt_local_key`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct LocalKey {
+    pub prefixlen: u32,
+    pub addr: [u8; 4],
+}
+
+/// `struct bpfipt_local_val`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct LocalVal {
+    pub kind: u32,
+}
+
+/// `struct bpfipt_match`: kind, inv, flags, count, then a 48-byte union (host order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct MatchRec {
+    pub kind: u8,
+    pub inv: u8,
+    pub flags: u8,
+    pub count: u8,
+    pub u: [u32; 12],
+}
+
+impl MatchRec {
+    /// The union as bytes, to fill it field by field at the C offsets.
+    pub fn bytes_mut(&mut self) -> &mut [u8; 48] {
+        // SAFETY: [u32; 12] and [u8; 48] have the same size; u8 has no alignment need.
+        unsafe { &mut *(self.u.as_mut_ptr() as *mut [u8; 48]) }
+    }
+    pub fn put_u16(&mut self, off: usize, v: u16) {
+        self.bytes_mut()[off..off + 2].copy_from_slice(&v.to_ne_bytes());
+    }
+    pub fn put_u32(&mut self, off: usize, v: u32) {
+        self.bytes_mut()[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    pub fn put_u8(&mut self, off: usize, v: u8) {
+        self.bytes_mut()[off] = v;
+    }
+}
+
+/// `struct bpfipt_rule`
+#[derive(Clone, Copy, Debug, Default, Eq)]
+#[repr(C)]
+pub struct RuleRec {
+    pub src: u32,
+    pub smsk: u32,
+    pub dst: u32,
+    pub dmsk: u32,
+    pub iif: [u8; 16],
+    pub iifmask: [u8; 16],
+    pub oif: [u8; 16],
+    pub oifmask: [u8; 16],
+    pub proto: u16,
+    pub ipflags: u8,
+    pub invflags: u8,
+    pub need: u8,
+    pub nmatch: u8,
+    pub target: u8,
+    pub reject: u8,
+    pub chain: u32,
+    pub pad: u32,
+    pub m: [MatchRec; MAX_MATCHES],
+}
+
+// A record is compared and hashed as the bytes the datapath reads (no implicit padding).
+impl PartialEq for RuleRec {
+    fn eq(&self, o: &Self) -> bool {
+        self.as_bytes() == o.as_bytes()
+    }
+}
+
+impl std::hash::Hash for RuleRec {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
+    }
+}
+
+/// A fast non-cryptographic hasher for compile's maps (keys are ours, not an attacker's).
+#[derive(Clone, Copy, Default)]
+pub struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut c = bytes.chunks_exact(8);
+        for w in &mut c {
+            self.add(u64::from_ne_bytes(w.try_into().unwrap()));
+        }
+        for b in c.remainder() {
+            self.add(*b as u64);
+        }
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.add(v as u64)
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.add(v as u64)
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.add(v as u64)
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.add(v)
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64)
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+pub type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+pub type FxMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
+pub type FxSet<K> = std::collections::HashSet<K, FxBuild>;
+
+/// `struct bpfipt_counter`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A plain-old-data value: its bytes are what the C side reads.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]` without padding holes that could leak uninitialised bytes.
+pub unsafe trait Pod: Copy + 'static {
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: Pod types are repr(C) plain data.
+        unsafe {
+            std::slice::from_raw_parts(
+                self as *const Self as *const u8,
+                std::mem::size_of::<Self>(),
+            )
+        }
+    }
+    fn from_bytes(b: &[u8]) -> Self {
+        assert_eq!(b.len(), std::mem::size_of::<Self>());
+        // SAFETY: length checked; every bit pattern is valid for these types.
+        unsafe { std::ptr::read_unaligned(b.as_ptr() as *const Self) }
+    }
+}
+
+// SAFETY: all repr(C), all fields integers, explicit padding fields.
+unsafe impl Pod for Config {}
+unsafe impl Pod for ChainRec {}
+unsafe impl Pod for ListKey {}
+unsafe impl Pod for ListVal {}
+unsafe impl Pod for AddrKey {}
+unsafe impl Pod for AddrVal {}
+unsafe impl Pod for Ifname {}
+unsafe impl Pod for LocalKey {}
+unsafe impl Pod for LocalVal {}
+unsafe impl Pod for RuleRec {}
+unsafe impl Pod for Counter {}
+unsafe impl Pod for u32 {}
+unsafe impl Pod for u64 {}
+
+/// 32-bit FNV-1a of an interface name padded to 16 bytes: the IIF/OIF class and the
+/// `ifnames` hash (computed only here, so both sides agree).
+pub fn ifname_hash(name: &[u8; 16]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name {
+        h ^= *b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// Cilium's alignchecker: the sizes and member offsets of the C structs, read from the BTF
+/// of the compiled object, must equal the Rust mirrors'.
+#[cfg(test)]
+mod alignchecker {
+    use super::*;
+    use std::collections::HashMap;
+    use std::mem::{offset_of, size_of};
+
+    /// struct name -> (size, member name -> byte offset), from the object's `.BTF`.
+    fn btf_structs() -> HashMap<String, (u32, HashMap<String, u32>)> {
+        use object::{Object, ObjectSection};
+        let obj = object::File::parse(crate::dataplane::OBJECT).unwrap();
+        let btf = obj.section_by_name(".BTF").unwrap().data().unwrap();
+        let u32_at = |o: usize| u32::from_le_bytes(btf[o..o + 4].try_into().unwrap());
+        assert_eq!(u16::from_le_bytes([btf[0], btf[1]]), 0xeb9f, "BTF magic");
+        let hdr = u32_at(4) as usize;
+        let (type_off, type_len) = (u32_at(8) as usize, u32_at(12) as usize);
+        let str_off = u32_at(16) as usize;
+        let strs = &btf[hdr + str_off..];
+        let name = |off: u32| -> String {
+            let s = &strs[off as usize..];
+            String::from_utf8_lossy(&s[..s.iter().position(|b| *b == 0).unwrap()]).into_owned()
+        };
+        let mut out = HashMap::new();
+        let mut p = hdr + type_off;
+        let end = p + type_len;
+        while p < end {
+            let (name_off, info, size) = (u32_at(p), u32_at(p + 4), u32_at(p + 8));
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kflag = info >> 31 != 0;
+            p += 12;
+            match kind {
+                // STRUCT, UNION: members (name_off, type, offset in bits)
+                4 | 5 => {
+                    let mut members = HashMap::new();
+                    for i in 0..vlen {
+                        let q = p + 12 * i;
+                        let off = u32_at(q + 8);
+                        let bits = if kflag { off & 0xff_ffff } else { off };
+                        members.insert(name(u32_at(q)), bits / 8);
+                    }
+                    if kind == 4 {
+                        out.insert(name(name_off), (size, members));
+                    }
+                    p += 12 * vlen;
+                }
+                // INT, VAR, DECL_TAG: one word
+                1 | 14 | 17 => p += 4,
+                // ARRAY
+                3 => p += 12,
+                // ENUM, FUNC_PROTO
+                6 | 13 => p += 8 * vlen,
+                // DATASEC, ENUM64
+                15 | 19 => p += 12 * vlen,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    macro_rules! check {
+        ($btf:expr, $c:literal, $t:ty, [$($f:ident),*]) => {{
+            let (size, members) = $btf.get($c).unwrap_or_else(|| panic!("{} not in BTF", $c));
+            assert_eq!(*size as usize, size_of::<$t>(), "size of {}", $c);
+            $(
+                assert_eq!(
+                    members.get(stringify!($f)).copied().unwrap_or_else(|| panic!("{}.{} not in BTF", $c, stringify!($f))) as usize,
+                    offset_of!($t, $f),
+                    "offset of {}.{}", $c, stringify!($f)
+                );
+            )*
+            assert_eq!(members.len(), [$(stringify!($f)),*].len(), "members of {}", $c);
+        }};
+    }
+
+    #[test]
+    fn c_and_rust_layouts_agree() {
+        let b = btf_structs();
+        check!(
+            b,
+            "bpfipt_config",
+            Config,
+            [gen, fallback, default_ttl, lo_ifindex]
+        );
+        check!(
+            b,
+            "bpfipt_chain",
+            ChainRec,
+            [fields, tail_slot, policy, skip, needs]
+        );
+        check!(
+            b,
+            "bpfipt_list_key",
+            ListKey,
+            [half, field, chain, cls, plen, chunk]
+        );
+        check!(b, "bpfipt_cand", Cand, [prio, slot]);
+        check!(b, "bpfipt_list", ListVal, [n, more, pad, e]);
+        check!(
+            b,
+            "bpfipt_addr_key",
+            AddrKey,
+            [prefixlen, half, field, chain_hi, chain_lo, addr]
+        );
+        check!(b, "bpfipt_addr_val", AddrVal, [n, plen, pad]);
+        check!(b, "bpfipt_ifname", Ifname, [name, hash]);
+        check!(b, "bpfipt_local_key", LocalKey, [prefixlen, addr]);
+        check!(b, "bpfipt_local_val", LocalVal, [kind]);
+        check!(b, "bpfipt_match", MatchRec, [kind, inv, flags, count, u]);
+        check!(
+            b,
+            "bpfipt_rule",
+            RuleRec,
+            [
+                src, smsk, dst, dmsk, iif, iifmask, oif, oifmask, proto, ipflags, invflags, need,
+                nmatch, target, reject, chain, pad, m
+            ]
+        );
+        check!(b, "bpfipt_counter", Counter, [packets, bytes]);
+    }
+}
