@@ -14,7 +14,7 @@ import ipaddress
 import random
 
 from pkt import (PROTO_GRE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, int2ip, ip2int, pair_split,
-                 tcp_options)
+                 tcp_options, total_length)
 from topo import FW_IFACES, LINKS, LOCAL_RANGE, ROUTES
 
 HOOKS = ("INPUT", "FORWARD", "OUTPUT")
@@ -104,9 +104,35 @@ def clip(v, lo, hi):
     return max(lo, min(hi, v))
 
 
+def hook_of(p):
+    """The built-in chain packet p is first classified in (fw's own packets: OUTPUT; those to
+    a local address then also pass INPUT with -i lo)."""
+    if p["entry"] == "fw":
+        return "OUTPUT"
+    if p.get("l2") == "broadcast" or addr_class(ip2int(p["dst"])) == "local":
+        return "INPUT"
+    return "FORWARD"
+
+
+def devs(p, hook):
+    """(in, out) interface names as netfilter gives them to rules of `hook`."""
+    if hook == "INPUT":
+        return ("lo" if p["entry"] == "fw" else p["entry"]), ""
+    if hook == "OUTPUT":
+        return "", route_dev(ip2int(p["dst"]))
+    return p["entry"], route_dev(ip2int(p["dst"]))
+
+
+def l4_readable(p, hook):
+    """Whether the transport header is there for tcp/udp/icmp/multiport to read (they never
+    match a non-first fragment, and drop a truncated one)."""
+    return p.get("frag", "none") in ("none", "first", "pair")
+
+
 # ---------------------------------------------------------------------------------------------
 # Matches. Each has: render() -> str; satisfy(rng, p, want) makes packet p (a dict) give the
-# match's result `want` (negation included); edges(rng, p) -> list of (label, {field: value}).
+# match's result `want` (negation included); holds(p, hook) says whether it matches at `hook`;
+# edges(rng, p) -> list of (label, {field: value}).
 
 class Addr:
     """-s/-d with a prefix or a non-contiguous mask."""
@@ -123,12 +149,18 @@ class Addr:
             self.mask = (0xFFFFFFFF << (32 - self.plen)) & 0xFFFFFFFF
         self.addr = base & self.mask
 
+    def kind(self):
+        return "-%s %s" % (self.field[0], "/len" if self.plen is not None else "/mask")
+
     def render(self):
         m = str(self.plen) if self.plen is not None else int2ip(self.mask)
         return "%s-%s %s/%s" % ("! " if self.inv else "", self.field[0], int2ip(self.addr), m)
 
     def inside(self, v):
         return v & self.mask == self.addr
+
+    def holds(self, p, hook):
+        return self.inside(ip2int(p[self.field])) != self.inv
 
     def satisfy(self, rng, p, want):
         hit = want != self.inv
@@ -173,7 +205,7 @@ class Iface:
 
     def __init__(self, rng, field, inv):
         self.field, self.inv = field, inv
-        name = rng.choice(ALL_IFACES + ["eth1", "eth100", "wlan0"])
+        name = rng.choice(ALL_IFACES if rng.random() < 0.85 else ["eth1", "eth100", "wlan0"])
         r = rng.random()
         if r < 0.45:
             self.pattern = name
@@ -183,6 +215,9 @@ class Iface:
         else:
             self.pattern = rng.choice(["+", "e+", "eth+", "eth1+", "veth+", "uplink-ext-012+",
                                        "uplink-ext-0124", "l+"])
+
+    def kind(self):
+        return "-%s %s" % (self.field[0], "wildcard" if self.pattern.endswith("+") else "exact")
 
     def render(self):
         return "%s-%s %s" % ("! " if self.inv else "", self.field[0], self.pattern)
@@ -200,6 +235,10 @@ class Iface:
         if self.field == "in":
             return "lo" if p["entry"] == "fw" else p["entry"]
         return route_dev(ip2int(p["dst"]))
+
+    def holds(self, p, hook):
+        name = devs(p, hook)[0 if self.field == "in" else 1]
+        return iface_matches(self.pattern, name) != self.inv
 
     def satisfy(self, rng, p, want):
         hit = want != self.inv
@@ -236,6 +275,12 @@ class Proto:
     def __init__(self, proto, inv):
         self.proto, self.inv = proto, inv
 
+    def kind(self):
+        return "-p " + self.render().split()[-1]
+
+    def holds(self, p, hook):
+        return self.proto == 0 or (p["proto"] == self.proto) != self.inv
+
     def render(self):
         name = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", 0: "all"}.get(
             self.proto, str(self.proto))
@@ -259,6 +304,12 @@ class Proto:
 
 class Frag:
     """-f: the packet is a non-first fragment."""
+
+    def kind(self):
+        return "-f"
+
+    def holds(self, p, hook):
+        return (p.get("frag", "none") in ("off1", "offN")) != self.inv
 
     def __init__(self, inv):
         self.inv = inv
@@ -313,6 +364,12 @@ class Port:
     def render(self):
         return "%s--%s %s" % ("! " if self.inv else "", self.field, self.text)
 
+    def kind(self):
+        return "--%s %s" % (self.field, "port" if self.lo == self.hi else "range")
+
+    def holds(self, p, hook):
+        return l4_readable(p, hook) and (self.lo <= p[self.field] <= self.hi) != self.inv
+
     def satisfy(self, rng, p, want):
         if want != self.inv:
             p[self.field] = rng.randint(self.lo, self.hi)
@@ -331,7 +388,7 @@ class Multiport:
 
     def __init__(self, rng, inv):
         self.inv = inv
-        self.kind = rng.choice(["sports", "dports", "ports"])
+        self.kind_ = rng.choice(["sports", "dports", "ports"])
         self.items, slots = [], 0
         for _ in range(rng.randint(1, 8)):
             lo, hi = random_port_range(rng)
@@ -342,15 +399,22 @@ class Multiport:
             slots += need
 
     def render(self):
-        return "-m multiport %s--%s %s" % ("! " if self.inv else "", self.kind,
+        return "-m multiport %s--%s %s" % ("! " if self.inv else "", self.kind_,
                                            ",".join(str(l) if l == h else "%d:%d" % (l, h)
                                                     for l, h in self.items))
 
+    def kind(self):
+        return "multiport --" + self.kind_
+
     def fields(self):
-        return {"sports": ["sport"], "dports": ["dport"], "ports": ["sport", "dport"]}[self.kind]
+        return {"sports": ["sport"], "dports": ["dport"], "ports": ["sport", "dport"]}[self.kind_]
 
     def hit(self, v):
         return any(l <= v <= h for l, h in self.items)
+
+    def holds(self, p, hook):
+        return l4_readable(p, hook) and \
+            any(self.hit(p[f]) for f in self.fields()) != self.inv
 
     def satisfy(self, rng, p, want):
         if want != self.inv:
@@ -374,6 +438,9 @@ class Multiport:
 
 
 class TcpFlags:
+    def kind(self):
+        return "--syn" if self.syn else "--tcp-flags"
+
     def __init__(self, rng, inv):
         self.inv = inv
         self.syn = rng.random() < 0.3
@@ -388,6 +455,9 @@ class TcpFlags:
         if v == 0x3F:
             return "ALL"
         return ",".join(n for n, b in TCP_FLAG_NAMES if v & b) or "NONE"
+
+    def holds(self, p, hook):
+        return l4_readable(p, hook) and ((p["flags"] & self.mask) == self.comp) != self.inv
 
     def render(self):
         if self.syn:
@@ -413,6 +483,20 @@ class TcpFlags:
 
 
 class TcpOption:
+    def kind(self):
+        return "--tcp-option"
+
+    def holds(self, p, hook):
+        # The kernel's scan: EOL and NOP are one byte, anything else says its length.
+        op = tcp_options(p.get("tcpopts", []))
+        i, found = 0, False
+        while i < len(op):
+            if op[i] == self.opt:
+                found = True
+                break
+            i += 1 if op[i] < 2 else (op[i + 1] if i + 1 < len(op) and op[i + 1] else 1)
+        return l4_readable(p, hook) and found != self.inv
+
     def __init__(self, rng, inv):
         self.inv = inv
         self.opt = rng.choice([1, 2, 3, 4, 8, 5, 30, 254, 255])
@@ -452,8 +536,19 @@ class Icmp:
             self.cmin = self.cmax = c
             self.text = "%d/%d" % (self.type, c)
 
+    def kind(self):
+        if self.type == 255:
+            return "--icmp-type any"
+        return "--icmp-type " + ("type/code" if "/" in self.text else
+                                 "type" if self.text.isdigit() else "name")
+
     def render(self):
         return "%s--icmp-type %s" % ("! " if self.inv else "", self.text)
+
+    def holds(self, p, hook):
+        hit = self.type == 255 or (p["icmp_type"] == self.type and
+                                   self.cmin <= p["icmp_code"] <= self.cmax)
+        return l4_readable(p, hook) and hit != self.inv
 
     def satisfy(self, rng, p, want):
         if want != self.inv:
@@ -477,6 +572,12 @@ class Icmp:
 
 
 class IpRange:
+    def kind(self):
+        return "iprange --%s-range" % self.field
+
+    def holds(self, p, hook):
+        return (self.lo <= ip2int(p[self.field]) <= self.hi) != self.inv
+
     def __init__(self, rng, field, inv, near_local):
         self.field, self.inv = field, inv
         a = random_local(rng) if near_local else random_remote(rng)
@@ -505,6 +606,12 @@ class IpRange:
 
 
 class Length:
+    def kind(self):
+        return "length"
+
+    def holds(self, p, hook):
+        return (self.lo <= total_length(p) <= self.hi) != self.inv
+
     def __init__(self, rng, inv):
         self.inv = inv
         a = rng.choice([0, 20, 28, 40, 41, 60, 64, 100, 576, 1000, 1499, 1500, 9000, 65535])
@@ -532,6 +639,12 @@ class Length:
 
 
 class Ttl:
+    def kind(self):
+        return "ttl --ttl-" + self.op
+
+    def holds(self, p, hook):
+        return self.hit(p.get("hook_ttl", 64))
+
     def __init__(self, rng, inv):
         self.op = rng.choice(["eq", "lt", "gt"])
         self.inv = inv and self.op == "eq"
@@ -555,6 +668,9 @@ class Ttl:
 
 
 class Mark:
+    def kind(self):
+        return "mark" + ("" if self.mask is None else "/mask")
+
     def __init__(self, rng, inv):
         self.inv = inv
         self.val = rng.choice([0, 1, 5, 0xFF, 0x10000, 0xFFFFFFFF, rng.getrandbits(32)])
@@ -568,6 +684,9 @@ class Mark:
 
     def m(self):
         return 0xFFFFFFFF if self.mask is None else self.mask
+
+    def holds(self, p, hook):
+        return ((p.get("mark", 0) & self.m()) == self.val) != self.inv
 
     def satisfy(self, rng, p, want):
         if p["entry"] != "fw":
@@ -595,6 +714,9 @@ class Comment:
     def render(self):
         return '-m comment --comment "%s"' % self.text
 
+    def holds(self, p, hook):
+        return True
+
     def satisfy(self, rng, p, want):
         pass
 
@@ -611,6 +733,26 @@ class Rule:
     def render(self):
         return " ".join(["-A", self.chain] + [m.render() for m in self.matches] +
                         ([self.target] if self.target else []))
+
+    def kinds(self):
+        """What the rule exercises, for the coverage summary: its conditions and its target."""
+        out = []
+        for m in self.matches:
+            for x in (m.parts if isinstance(m, Group) else [m]):
+                k = x.kind() if hasattr(x, "kind") else type(x).__name__.lower()
+                out.append(("! " if getattr(x, "inv", False) else "") + k)
+        t = self.target.split()
+        if not t:
+            out.append("no target")
+        elif t[0] == "-g":
+            out.append("-g CHAIN")
+        elif self.jumps_to():
+            out.append("-j CHAIN")
+        elif t[-1] == "REJECT" or "--reject-with" in t:
+            out.append("REJECT " + (t[-1] if t[-1] != "REJECT" else "(default)"))
+        else:
+            out.append(t[-1])
+        return out
 
     def jumps_to(self):
         parts = self.target.split()
@@ -632,14 +774,18 @@ class Ruleset:
         return "\n".join(lines) + "\n"
 
 
-def gen_rule(rng, chain, hooks, later_chains, index):
-    """One rule of `chain`, which packets reach from the built-in chains `hooks`."""
+def gen_rule(rng, chain, hooks, later_chains, index, caller_protos=()):
+    """One rule of `chain`, which packets reach from the built-in chains `hooks` (through
+    jumps that require the protocols `caller_protos`, if any)."""
     ms = []
     builtin = chain in HOOKS
     local_dst = hooks == ["INPUT"] or (hooks and rng.random() < 0.4 and "INPUT" in hooks)
     proto = None
     r = rng.random()
-    if r < 0.3:
+    if caller_protos and rng.random() < 0.5:
+        # Mostly rules a packet that got here can match: the protocol the jump required.
+        proto = rng.choice(caller_protos)
+    elif r < 0.3:
         proto = PROTO_TCP
     elif r < 0.5:
         proto = PROTO_UDP
@@ -685,7 +831,8 @@ def gen_rule(rng, chain, hooks, later_chains, index):
         ms.append(Length(rng, rng.random() < 0.2))
     if rng.random() < 0.12:
         ms.append(Ttl(rng, rng.random() < 0.3))
-    if rng.random() < 0.12:
+    # Only fw's own packets can carry a mark (SO_MARK); elsewhere the mark is always 0.
+    if rng.random() < (0.15 if "OUTPUT" in hooks else 0.04):
         ms.append(Mark(rng, rng.random() < 0.2))
     if rng.random() < 0.06:
         ms.append(Comment(rng))
@@ -721,6 +868,9 @@ class Group:
     def render(self):
         return " ".join([self.head] + [p.render() for p in self.parts])
 
+    def holds(self, p, hook):
+        return all(x.holds(p, hook) for x in self.parts)
+
     def satisfy(self, rng, p, want):
         if want:
             for x in self.parts:
@@ -739,19 +889,28 @@ def gen_ruleset(rng):
     policies = {h: ("DROP" if rng.random() < (0.2 if h == "OUTPUT" else 0.35) else "ACCEPT")
                 for h in HOOKS}
     reach = {c: [] for c in chains}  # user chain -> built-in chains that jump into it
+    protos = {c: [] for c in chains}  # user chain -> protocols its callers require
     rules = []
+
+    def note_jump(r):
+        for m in r.matches:
+            if isinstance(m, Proto) and not m.inv and m.proto:
+                protos[r.jumps_to()].append(m.proto)
     for h in HOOKS:
         for _ in range(rng.choice([0, 1, 2, 3, 4, 5, 6, 8])):
             r = gen_rule(rng, h, [h], chains, len(rules))
             rules.append(r)
             if r.jumps_to():
                 reach[r.jumps_to()] = sorted(set(reach[r.jumps_to()]) | {h})
+                note_jump(r)
     for i, c in enumerate(chains):
         for _ in range(rng.choice([1, 2, 3, 4, 5])):
-            r = gen_rule(rng, c, reach[c] or list(HOOKS), chains[i + 1:], len(rules))
+            r = gen_rule(rng, c, reach[c] or list(HOOKS), chains[i + 1:], len(rules),
+                         protos[c])
             rules.append(r)
             if r.jumps_to():
                 reach[r.jumps_to()] = sorted(set(reach[r.jumps_to()]) | set(reach[c]))
+                note_jump(r)
     # iptables-restore wants a chain's rules together, in order; keep the generation order.
     order = {c: i for i, c in enumerate(list(HOOKS) + chains)}
     rules.sort(key=lambda r: (order[r.chain], r.index))
@@ -840,6 +999,53 @@ def path_to(rng, ruleset, chain, hook, depth=0):
     return []
 
 
+TERMINAL = ("-j ACCEPT", "-j DROP", "-j REJECT", "-j RETURN", "-g ", "-j uc")
+
+
+def rule_holds(r, p, hook):
+    return all(m.holds(p, hook) for m in r.matches)
+
+
+def solve(rng, ruleset, path, hook, attempts=30):
+    """A packet that reaches the last rule of `path` (jumps from built-in chain `hook` down to
+    the rule) and matches it: every rule on the way matches, the hook is right, and no earlier
+    rule of those chains with a verdict or jump catches it first. Randomised search; the best
+    attempt if none is perfect."""
+    conds = [m for r in path for m in r.matches]
+    shadows = []
+    for r in path:
+        for x in ruleset.rules:
+            if x.chain == r.chain and x.index < r.index and x.target.startswith(TERMINAL):
+                shadows.append(x)
+    best, best_score = None, -1
+    for _ in range(attempts):
+        p = base_packet(rng, hook)
+        for _ in range(4):
+            order = conds[:]
+            rng.shuffle(order)
+            order.sort(key=lambda m: not isinstance(m, Proto))  # protocol first
+            for m in order:
+                if not m.holds(p, hook):
+                    m.satisfy(rng, p, True)
+            if all(m.holds(p, hook) for m in conds):
+                break
+        for x in shadows:
+            if rule_holds(x, p, hook) and x.matches:
+                m = rng.choice(x.matches)
+                q = dict(p)
+                m.satisfy(rng, q, False)
+                if all(c.holds(q, hook) for c in conds):
+                    p = q
+        score = sum(m.holds(p, hook) for m in conds) * 4 + (hook_of(p) == hook) * 2 * len(conds) \
+            + 2 * sum(not rule_holds(x, p, hook) for x in shadows)
+        if score > best_score:
+            best, best_score = p, score
+        if score == 4 * len(conds) + 2 * len(conds) + 2 * len(shadows):
+            break
+    best["solved"] = best_score == 4 * len(conds) + 2 * len(conds) + 2 * len(shadows)
+    return best
+
+
 def packets_for_rule(rng, ruleset, reach, rule):
     hooks = [rule.chain] if rule.chain in HOOKS else reach.get(rule.chain, [])
     if not hooks:
@@ -849,18 +1055,13 @@ def packets_for_rule(rng, ruleset, reach, rule):
     if rule.chain not in HOOKS and not path:
         return []
     out = []
-    base = base_packet(rng, hook)
-    for r in path + [rule]:
-        for m in r.matches:
-            if isinstance(m, Proto):
-                m.satisfy(rng, base, True)
-        for m in r.matches:
-            m.satisfy(rng, base, True)
+    base = solve(rng, ruleset, path + [rule], hook)
     if rng.random() < 0.04:
         base["frag"] = "pair"
     same_chain = [x for x in ruleset.rules if x.chain == rule.chain]
     label = "%s#%d" % (rule.chain, same_chain.index(rule) + 1)
-    out.append((label + " base", base))
+    solved = base.pop("solved")
+    out.append((label + (" base" if solved else " base(partial)"), base))
     for m in rule.matches:
         for l, upd in m.edges(rng, base):
             q = dict(base)
@@ -889,7 +1090,10 @@ def generate(seed, index, count):
     packets = []
     # Round-robin over the rules so every rule gets packets, edges in random order.
     for c in cands:
-        rng.shuffle(c)
+        # Popped from the end: the rule's base packet first, then its edges in random order.
+        head, rest = c[:1], c[1:]
+        rng.shuffle(rest)
+        c[:] = rest + head
     while len(packets) < count and any(cands):
         for c in cands:
             while c:

@@ -112,6 +112,21 @@ def build(p, tag):
     return bytes(hdr + seg)
 
 
+def total_length(p):
+    """The IP total length build() gives packet p, without building it."""
+    frag = p.get("frag", "none")
+    if frag == "short":
+        return 28
+    l4 = 0
+    if frag in ("none", "first", "pair"):
+        l4 = {PROTO_TCP: 20 + len(tcp_options(p.get("tcpopts", []))), PROTO_UDP: 8,
+              PROTO_ICMP: 8}.get(p["proto"], 0)
+    want = p.get("length")
+    if want is None:
+        want = 20 + l4 + len(MAGIC) + 4 + 8
+    return 20 + max(want - 20, l4)
+
+
 def pair_split(proto, tcpopts):
     """Where a "pair" datagram is cut in two fragments: after the transport header, at a
     multiple of 8 (the first fragment holds the whole header, as a real sender's would)."""

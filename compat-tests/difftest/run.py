@@ -326,6 +326,7 @@ def cmd_diff(args):
     tag = 0
     report = open(args.report, "w") if args.report else None
     digest = hashlib.sha256()
+    coverage = {}  # what a rule exercises -> [rules with it, rules the kernel counted a hit on]
     index = args.only if args.only is not None else 0
     while True:
         if args.only is not None and index != args.only:
@@ -382,9 +383,17 @@ def cmd_diff(args):
                 agree += 1
             else:
                 bad.append((i, a, b))
+        ck = save_c(k)
+        hits = [int(l[1:l.index(":")]) for l in ck.splitlines() if l.startswith("[")]
+        if len(hits) == len(ruleset.rules):
+            for r, h in zip(ruleset.rules, hits):
+                for kd in r.kinds() + ["_rules"]:
+                    c = coverage.setdefault(kd, [0, 0])
+                    c[0] += 1
+                    c[1] += h > 0
         ctext = ""
         if args.counters and rs.returncode == 0:
-            ck, cs = save_c(k), save_c(s)
+            cs = save_c(s)
             if ck != cs:
                 counter_fail += 1
                 ctext = "  counters differ (iptables-legacy-save -c):\n" + "".join(
@@ -423,6 +432,15 @@ def cmd_diff(args):
     print("difftest: %d rulesets, seed %d (cases digest %s), kernel vs %s, %.1fs" % (
         rulesets, args.seed, digest.hexdigest()[:12], shim_label, dt))
     print("difftest: kernel fates: " + ", ".join("%s %d" % kv for kv in sorted(kinds.items())))
+    nrules = coverage.get("_rules", [0, 0])
+    print("difftest: rules matched by at least one packet (kernel counters): %d of %d" % (
+        nrules[1], nrules[0]))
+    if args.coverage:
+        print("difftest: rules with each condition/target, and how many of them matched a "
+              "packet (kernel counters):")
+        for kd in sorted((x for x in coverage if x != "_rules"),
+                         key=lambda x: (x.lstrip("! "), x)):
+            print("  %-28s %5d rules, %5d hit" % (kd, coverage[kd][0], coverage[kd][1]))
     if unmatched:
         print("difftest: %d packets seen that match nothing sent (ignored)" % unmatched)
     if disagreeing_rulesets > shown:
@@ -594,6 +612,8 @@ def main():
                     help="where libbpfipt.so, bpfiptd and bpfipt are")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--trace", action="store_true", help="print every packet and both fates")
+    ap.add_argument("--coverage", action="store_true",
+                    help="print which conditions and targets the rules had, and were hit")
     args = ap.parse_args()
     bpfipt = os.path.join(args.bin, "bpfipt")
     if args.mode == "cleanup":
