@@ -114,6 +114,13 @@ def hook_of(p):
     return "FORWARD"
 
 
+def reaches(p, hook):
+    """Whether packet p is classified in built-in chain `hook` at all."""
+    h = hook_of(p)
+    return h == hook or (hook == "INPUT" and h == "OUTPUT" and
+                         addr_class(ip2int(p["dst"])) == "local")
+
+
 def devs(p, hook):
     """(in, out) interface names as netfilter gives them to rules of `hook`."""
     if hook == "INPUT":
@@ -231,11 +238,6 @@ class Iface:
             return list(FW_IFACES)
         return list(ALL_IFACES)
 
-    def current(self, p):
-        if self.field == "in":
-            return "lo" if p["entry"] == "fw" else p["entry"]
-        return route_dev(ip2int(p["dst"]))
-
     def holds(self, p, hook):
         name = devs(p, hook)[0 if self.field == "in" else 1]
         return iface_matches(self.pattern, name) != self.inv
@@ -243,7 +245,7 @@ class Iface:
     def satisfy(self, rng, p, want):
         hit = want != self.inv
         c = [n for n in self.candidates(p) if iface_matches(self.pattern, n) == hit]
-        if c and self.current(p) not in c:
+        if c:
             set_iface(rng, p, self.field, rng.choice(c))
 
     def edges(self, rng, p):
@@ -305,14 +307,14 @@ class Proto:
 class Frag:
     """-f: the packet is a non-first fragment."""
 
+    def __init__(self, inv):
+        self.inv = inv
+
     def kind(self):
         return "-f"
 
     def holds(self, p, hook):
         return (p.get("frag", "none") in ("off1", "offN")) != self.inv
-
-    def __init__(self, inv):
-        self.inv = inv
 
     def render(self):
         return "%s-f" % ("! " if self.inv else "")
@@ -438,9 +440,6 @@ class Multiport:
 
 
 class TcpFlags:
-    def kind(self):
-        return "--syn" if self.syn else "--tcp-flags"
-
     def __init__(self, rng, inv):
         self.inv = inv
         self.syn = rng.random() < 0.3
@@ -449,6 +448,9 @@ class TcpFlags:
         else:
             self.mask = rng.choice([0x3F, 0] + [rng.getrandbits(6) for _ in range(4)])
             self.comp = self.mask & rng.getrandbits(6)
+
+    def kind(self):
+        return "--syn" if self.syn else "--tcp-flags"
 
     @staticmethod
     def names(v):
@@ -483,6 +485,10 @@ class TcpFlags:
 
 
 class TcpOption:
+    def __init__(self, rng, inv):
+        self.inv = inv
+        self.opt = rng.choice([1, 2, 3, 4, 8, 5, 30, 254, 255])
+
     def kind(self):
         return "--tcp-option"
 
@@ -496,10 +502,6 @@ class TcpOption:
                 break
             i += 1 if op[i] < 2 else (op[i + 1] if i + 1 < len(op) and op[i + 1] else 1)
         return l4_readable(p, hook) and found != self.inv
-
-    def __init__(self, rng, inv):
-        self.inv = inv
-        self.opt = rng.choice([1, 2, 3, 4, 8, 5, 30, 254, 255])
 
     def render(self):
         return "%s--tcp-option %d" % ("! " if self.inv else "", self.opt)
@@ -572,17 +574,17 @@ class Icmp:
 
 
 class IpRange:
-    def kind(self):
-        return "iprange --%s-range" % self.field
-
-    def holds(self, p, hook):
-        return (self.lo <= ip2int(p[self.field]) <= self.hi) != self.inv
-
     def __init__(self, rng, field, inv, near_local):
         self.field, self.inv = field, inv
         a = random_local(rng) if near_local else random_remote(rng)
         b = a + rng.choice([0, 1, 5, 255, 256, 70000, 1 << 24])
         self.lo, self.hi = a, min(b, 0xFFFFFFFF)
+
+    def kind(self):
+        return "iprange --%s-range" % self.field
+
+    def holds(self, p, hook):
+        return (self.lo <= ip2int(p[self.field]) <= self.hi) != self.inv
 
     def render(self):
         return "-m iprange %s--%s-range %s-%s" % ("! " if self.inv else "", self.field,
@@ -606,12 +608,6 @@ class IpRange:
 
 
 class Length:
-    def kind(self):
-        return "length"
-
-    def holds(self, p, hook):
-        return (self.lo <= total_length(p) <= self.hi) != self.inv
-
     def __init__(self, rng, inv):
         self.inv = inv
         a = rng.choice([0, 20, 28, 40, 41, 60, 64, 100, 576, 1000, 1499, 1500, 9000, 65535])
@@ -620,6 +616,12 @@ class Length:
         else:
             b = a + rng.choice([0, 1, 8, 40, 500])
             self.lo, self.hi = a, min(b, 65535)
+
+    def kind(self):
+        return "length"
+
+    def holds(self, p, hook):
+        return (self.lo <= total_length(p) <= self.hi) != self.inv
 
     def render(self):
         v = str(self.lo) if self.lo == self.hi else "%d:%d" % (self.lo, self.hi)
@@ -639,16 +641,16 @@ class Length:
 
 
 class Ttl:
+    def __init__(self, rng, inv):
+        self.op = rng.choice(["eq", "lt", "gt"])
+        self.inv = inv and self.op == "eq"
+        self.val = rng.choice([0, 1, 2, 3, 63, 64, 65, 128, 254, 255])
+
     def kind(self):
         return "ttl --ttl-" + self.op
 
     def holds(self, p, hook):
         return self.hit(p.get("hook_ttl", 64))
-
-    def __init__(self, rng, inv):
-        self.op = rng.choice(["eq", "lt", "gt"])
-        self.inv = inv and self.op == "eq"
-        self.val = rng.choice([0, 1, 2, 3, 63, 64, 65, 128, 254, 255])
 
     def render(self):
         return "-m ttl %s--ttl-%s %d" % ("! " if self.inv else "", self.op, self.val)
@@ -668,15 +670,15 @@ class Ttl:
 
 
 class Mark:
-    def kind(self):
-        return "mark" + ("" if self.mask is None else "/mask")
-
     def __init__(self, rng, inv):
         self.inv = inv
         self.val = rng.choice([0, 1, 5, 0xFF, 0x10000, 0xFFFFFFFF, rng.getrandbits(32)])
         self.mask = rng.choice([None, 0xFF, 0xF0, 0xFFFF0000, 0x1, rng.getrandbits(32)])
         if self.mask is not None:
             self.val &= self.mask
+
+    def kind(self):
+        return "mark" + ("" if self.mask is None else "/mask")
 
     def render(self):
         v = "%#x" % self.val if self.mask is None else "%#x/%#x" % (self.val, self.mask)
@@ -1017,7 +1019,8 @@ def solve(rng, ruleset, path, hook, attempts=30):
         for x in ruleset.rules:
             if x.chain == r.chain and x.index < r.index and x.target.startswith(TERMINAL):
                 shadows.append(x)
-    best, best_score = None, -1
+    perfect = (True, len(conds), len(shadows))
+    best, best_score = None, None
     for _ in range(attempts):
         p = base_packet(rng, hook)
         for _ in range(4):
@@ -1036,13 +1039,13 @@ def solve(rng, ruleset, path, hook, attempts=30):
                 m.satisfy(rng, q, False)
                 if all(c.holds(q, hook) for c in conds):
                     p = q
-        score = sum(m.holds(p, hook) for m in conds) * 4 + (hook_of(p) == hook) * 2 * len(conds) \
-            + 2 * sum(not rule_holds(x, p, hook) for x in shadows)
-        if score > best_score:
+        score = (reaches(p, hook), sum(m.holds(p, hook) for m in conds),
+                 sum(not rule_holds(x, p, hook) for x in shadows))
+        if best_score is None or score > best_score:
             best, best_score = p, score
-        if score == 4 * len(conds) + 2 * len(conds) + 2 * len(shadows):
+        if score == perfect:
             break
-    best["solved"] = best_score == 4 * len(conds) + 2 * len(conds) + 2 * len(shadows)
+    best["solved"] = best_score == perfect
     return best
 
 
