@@ -12,21 +12,27 @@ iptables-legacy-restore; side "shim" loads them through LD_PRELOAD=libbpfipt.so 
 what shows the harness itself is deterministic). The same packets go through both.
 
 What a packet's fate is made of (everything seen of it, or of a reply quoting it):
-  in:IF          fw's local stack got it (a raw IP socket in fw, so after INPUT), arriving on IF
-  wire:IF ttl=T  it left fw on IF (a packet socket on the other end of IF)
+  in:IF          fw's local stack got it (a raw IP socket in fw, so after INPUT); IF is the
+                 kernel's IP_PKTINFO interface (for fw's own packets, the address's device)
+  wire:IF ttl=T  it left fw on IF (a packet socket on the other end of IF); fragN for the
+                 fragments of a datagram sent in two; MODIFIED if any other byte changed
   icmpT/C ...    an ICMP error quoting it: source, destination, TTL, TOS, quoted length and
-                 quoted TTL, and where it was seen
-  rst ...        a TCP RST answering it: addresses, ports, seq, ack, flags, window, TTL, where
+                 quoted TTL, and where it was seen ("about(...)" when it quotes fw's reply)
+  rst ...        a TCP RST answering it: addresses, ports, seq, ack, flags, window, TTL, TOS
   reply ...      an ICMP query answer (echo reply, timestamp reply) to it
   dropped        nothing at all
+Not compared: IP IDs and checksums of fw's replies, and the error sendto() gets for a packet
+OUTPUT drops (EPERM from netfilter; a TC datapath cannot give it) unless --send-errors.
+fw's own answers (RSTs from its TCP stack, port unreachables, echo replies) are part of the
+fate: they cross OUTPUT too.
 """
 
 import argparse
 import ctypes
 import errno
 import hashlib
-import os
 import ipaddress
+import os
 import select
 import signal
 import socket
