@@ -1,0 +1,37 @@
+#!/bin/bash
+# Differential packet test of the datapath against the kernel: seeded random filter-table
+# rulesets (user chains, jumps, gotos, RETURN, negations, prefixes and non-contiguous masks,
+# ports and ranges, multiport, tcp flags and options, icmp types, iprange, length, ttl, -f,
+# comment, mark, interface wildcards, every REJECT type, policies) and packets aimed at each
+# rule's edges, sent through two copies of a src -- fw -- dst network: in one, fw's rules are
+# loaded by the real iptables-legacy-restore; in the other, through the shim. Every packet's
+# fate (delivered to fw, forwarded or sent out which interface, dropped, the ICMP error or TCP
+# RST that answered it) must be the same. See difftest/run.py for the details.
+#
+#   compat-tests/difftest.sh [--seed N] [--cases N] [--only I] [--self-check] [--mutate]
+#                            [--counters] [--report FILE] [-v] ...   (--help for all)
+#
+# --self-check loads the rules with the real tool on both sides: it must report full agreement
+# (the harness is deterministic). --mutate changes one rule on the second side: it must not.
+# fw's ICMP rate limits are switched off (net.ipv4.icmp_ratemask=0 and friends) on both sides,
+# because bpfipt's REJECT does not rate-limit; with them on, the kernel would drop most errors.
+# Prints "difftest: A agree of N"; exit status 0 only if all agree.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+[ "$(id -u)" = 0 ] || { echo "$0: needs root" >&2; exit 77; }
+py=/usr/bin/python3
+[ -x $py ] || py=python3
+prefix="bpfipt-dt$$"
+cleanup() { "$py" "$here/difftest/run.py" cleanup --prefix "$prefix" >/dev/null 2>&1; }
+trap cleanup EXIT
+case " $* " in
+    *" --self-check "*) ;;
+    *) [ -f "$SHIM" ] || (cd "$ROOT" && cargo build --release >&2) ;;
+esac
+# In the background, so that an interrupt reaches the trap at once; run.py removes what it
+# made when it gets SIGTERM, and the EXIT trap makes sure.
+"$py" "$here/difftest/run.py" diff --prefix "$prefix" "$@" &
+child=$!
+trap 'kill -TERM $child 2>/dev/null; wait $child; exit 130' INT TERM
+wait $child
