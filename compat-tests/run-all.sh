@@ -20,6 +20,7 @@ step "cargo test" cargo test --release --workspace
 step "cli-diff" "$here/cli-diff.sh"
 step "daemon" "$here/daemon.sh"
 step "package" "$here/package.sh"
+step "counters" "$here/counters.sh"
 step "fuzz (60 s)" "$here/fuzz.sh" 60
 
 upstream() {

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use bpfipt_proto::{read_frame, write_frame, Op, Reply, Request, DAEMON_SOCKET, PROTOCOL_VERSION};
 
 use crate::abi::{self, Family};
+use crate::apply;
+use crate::enforce::{Decision, Enforcer, Mode};
 use crate::ext;
 use crate::kernel::Netns;
 use crate::log;
@@ -32,6 +34,7 @@ use crate::store::Store;
 pub struct State {
     pub ns: Netns,
     pub store: Store,
+    pub enf: Enforcer,
     scratch: Option<Scratch>,
     pub started: Instant,
     pub commits: u64,
@@ -40,6 +43,8 @@ pub struct State {
 pub struct Daemon {
     state: Mutex<State>,
     stop: AtomicBool,
+    /// The rtnetlink watcher runs (started with the datapath).
+    watching: AtomicBool,
 }
 
 /// Binds the daemon socket of the current namespace. `Ok(None)` if another daemon has it.
@@ -57,19 +62,38 @@ impl Daemon {
     pub fn recover() -> io::Result<Daemon> {
         let store = Store::open_or_create()
             .map_err(|e| io::Error::new(e.kind(), format!("opening the table store: {e}")))?;
-        let (ns, problems) = store.load()?;
+        let (mut ns, problems) = store.load()?;
         for p in problems {
             log::error(&p);
+        }
+        let slots = store
+            .slots(Family::V4, "filter")
+            .ok()
+            .flatten()
+            .map(|b| apply::decode_slots(&b));
+        let mut enf = Enforcer::new();
+        for (f, t, e) in enf.recover(&mut ns, slots) {
+            log::error(&format!("enforcing the stored {f} {t} table: {e}"));
+        }
+        let mut store = store;
+        if let (Some(dp), Some(t)) = (enf.dp.as_ref(), ns.v4.tables.get("filter")) {
+            // Persist the folded counters with the new datapath's slots.
+            let slots = apply::encode_slots(&dp.slots);
+            if let Err(e) = store.commit_table_with_slots(t, Some(&slots)) {
+                log::error(&format!("storing the recovered filter table: {e}"));
+            }
         }
         Ok(Daemon {
             state: Mutex::new(State {
                 ns,
                 store,
+                enf,
                 scratch: None,
                 started: Instant::now(),
                 commits: 0,
             }),
             stop: AtomicBool::new(false),
+            watching: AtomicBool::new(false),
         })
     }
 
@@ -83,6 +107,7 @@ impl Daemon {
             let me = self.clone();
             std::thread::spawn(move || me.watch_namespace());
         }
+        self.clone().watch_links();
         for conn in listener.incoming() {
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -106,6 +131,40 @@ impl Daemon {
         Ok(())
     }
 
+    /// Once the datapath runs, keeps it attached to every interface and told of every
+    /// address: a resync on each rtnetlink change (an interface added after the last commit is
+    /// filtered within milliseconds), and every few seconds in case an event was lost.
+    fn watch_links(self: Arc<Self>) {
+        if self.lock().enf.dp.is_none() || self.watching.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        std::thread::spawn(move || {
+            let mut w = match crate::netlink::Watcher::new() {
+                Ok(w) => w,
+                Err(e) => {
+                    log::error(&format!(
+                        "rtnetlink: {e}; new interfaces are not filtered until the next commit"
+                    ));
+                    return;
+                }
+            };
+            let mut last = Instant::now();
+            loop {
+                let changed = w.wait(Duration::from_secs(1)).unwrap_or(true);
+                if !changed && last.elapsed() < Duration::from_secs(5) {
+                    continue;
+                }
+                last = Instant::now();
+                let mut st = self.lock();
+                if let Some(dp) = st.enf.dp.as_mut() {
+                    if let Err(e) = dp.resync() {
+                        log::error(&format!("following interface changes: {e}"));
+                    }
+                }
+            }
+        });
+    }
+
     fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop.
@@ -114,7 +173,7 @@ impl Daemon {
         }
     }
 
-    fn connection(&self, mut s: UnixStream) -> io::Result<()> {
+    fn connection(self: &Arc<Self>, mut s: UnixStream) -> io::Result<()> {
         let privileged = peer_privileged(&s);
         let Some(first) = read_frame(&mut s)? else {
             return Ok(());
@@ -143,7 +202,7 @@ impl Daemon {
             let reply = if !privileged && req.op != Op::TableNames && req.op != Op::Control {
                 Reply::err(libc::EPERM)
             } else {
-                self.handle(&req)
+                self.handle_and_watch(&req)
             };
             write_frame(&mut s, &reply.encode())?;
             if self.stop.load(Ordering::SeqCst) {
@@ -179,6 +238,15 @@ impl Daemon {
         reply
     }
 
+    /// `handle`, then the link watcher if this request started the datapath.
+    pub fn handle_and_watch(self: &Arc<Self>, req: &Request) -> Reply {
+        let r = self.handle(req);
+        if !self.watching.load(Ordering::SeqCst) {
+            self.clone().watch_links();
+        }
+        r
+    }
+
     fn answer(&self, st: &mut State, f: Family, req: &Request) -> Reply {
         match req.op {
             Op::TableNames => Reply::ok(st.ns.table_names(f).into_bytes()),
@@ -187,10 +255,17 @@ impl Daemon {
                 Err(e) => Reply::err(e),
             },
             Op::GetEntries => {
-                match st
+                // Counters as counted now, for the duration of the answer.
+                let name = table_name(&req.data);
+                let live = st.enf.live_counters(&st.ns, f, &name);
+                let saved = live.map(|c| swap_counters(&mut st.ns, f, &name, c));
+                let r = st
                     .ns
-                    .getsockopt_entries(f, req.optlen as usize, &req.data, &ext::usersize)
-                {
+                    .getsockopt_entries(f, req.optlen as usize, &req.data, &ext::usersize);
+                if let Some(c) = saved {
+                    swap_counters(&mut st.ns, f, &name, c);
+                }
+                match r {
                     Ok((blob, _)) => Reply::ok(blob),
                     Err(e) => Reply::err(e),
                 }
@@ -201,7 +276,16 @@ impl Daemon {
                     .ns
                     .setsockopt_add_counters(f, req.optlen as usize, &req.data)
                 {
-                    Ok(t) => match st.store.commit_counters(&t) {
+                    Ok(t) => match st
+                        .enf
+                        .add_counters(
+                            f,
+                            &t,
+                            &abi::parse_counters(&req.data[abi::COUNTERS_INFO_HDR..]),
+                        )
+                        .map_err(io::Error::other)
+                        .and_then(|()| st.store.commit_counters(&t))
+                    {
                         Ok(()) => {
                             st.ns.install(t);
                             Reply::ok(Vec::new())
@@ -220,6 +304,92 @@ impl Daemon {
 
     fn replace(&self, st: &mut State, f: Family, req: &Request) -> Reply {
         let t0 = Instant::now();
+        // The old counters the caller gets back are the live ones.
+        let name = table_name(&req.data);
+        let live = st.enf.live_counters(&st.ns, f, &name);
+        let saved = live.map(|c| swap_counters(&mut st.ns, f, &name, c));
+        let r = self.validate(st, f, req);
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(c) = saved {
+                    swap_counters(&mut st.ns, f, &name, c);
+                }
+                return Reply::err(e);
+            }
+        };
+        let t1 = Instant::now();
+        let decision = st.enf.decide(&st.ns, f, &r.table);
+        if let Decision::Kernel(why) = &decision {
+            if req.flags & bpfipt_proto::FLAG_STRICT != 0 {
+                if let Some(c) = saved {
+                    swap_counters(&mut st.ns, f, &name, c);
+                }
+                let msg = format!("bpfipt: {f} {} table not committed: {why} (BPFIPT_STRICT=1 forbids the kernel fallback)\n", r.table.name);
+                return Reply {
+                    errno: libc::EOPNOTSUPP,
+                    data: msg.into_bytes(),
+                };
+            }
+        }
+        let outcome = match st.enf.enforce(&mut st.ns, f, &r.table, decision, None) {
+            Ok(o) => o,
+            Err(e) => {
+                // Fail closed: what the datapath cannot take, the kernel must.
+                log::error(&format!(
+                    "{f} {}: {e}; handing the family to the kernel",
+                    r.table.name
+                ));
+                match st
+                    .enf
+                    .enforce(&mut st.ns, f, &r.table, Decision::Kernel(e.clone()), None)
+                {
+                    Ok(o) => o,
+                    Err(e2) => {
+                        log::error(&format!(
+                            "{f} {}: the kernel refused too: {e2}; the table is unchanged",
+                            r.table.name
+                        ));
+                        if let Some(c) = saved {
+                            swap_counters(&mut st.ns, f, &name, c);
+                        }
+                        return Reply::err(libc::ENOMEM);
+                    }
+                }
+            }
+        };
+        let t2 = Instant::now();
+        if let Err(e) = st
+            .store
+            .commit_table_with_slots(&r.table, outcome.slots.as_deref())
+        {
+            log::error(&format!(
+                "storing {f} table {}: {e}; it is enforced but a restarted daemon would not know it",
+                r.table.name
+            ));
+            return Reply::err(libc::ENOMEM);
+        }
+        let t3 = Instant::now();
+        log::debug(&format!(
+            "replace {f} {}: {} entries, validate {:?}, enforce {:?}, store {:?}",
+            r.table.name,
+            r.table.number,
+            t1 - t0,
+            t2 - t1,
+            t3 - t2
+        ));
+        let old = outcome.kernel_old_counters.unwrap_or(r.old_counters);
+        st.ns.install(r.table);
+        st.commits += 1;
+        Reply::ok(abi::emit_counters(&old))
+    }
+
+    fn validate(
+        &self,
+        st: &mut State,
+        f: Family,
+        req: &Request,
+    ) -> Result<crate::kernel::Replaced, i32> {
         let State { ns, scratch, .. } = st;
         let mut kernel_check = |hdr: &abi::ReplaceHdr, entries: &[u8]| {
             if scratch.is_none() {
@@ -234,35 +404,13 @@ impl Daemon {
                 Some(Err(e)) => Err(e),
             }
         };
-        let r = match ns.setsockopt_replace(
+        ns.setsockopt_replace(
             f,
             req.optlen as usize,
             &req.data,
             &ext::Registry,
             &mut kernel_check,
-        ) {
-            Ok(r) => r,
-            Err(e) => return Reply::err(e),
-        };
-        let t1 = Instant::now();
-        if let Err(e) = st.store.commit_table(&r.table) {
-            log::error(&format!(
-                "storing {f} table {}: {e}; the table is unchanged",
-                r.table.name
-            ));
-            return Reply::err(libc::ENOMEM);
-        }
-        let t2 = Instant::now();
-        log::debug(&format!(
-            "replace {f} {}: {} entries, validate {:?}, store {:?}",
-            r.table.name,
-            r.table.number,
-            t1 - t0,
-            t2 - t1
-        ));
-        st.ns.install(r.table);
-        st.commits += 1;
-        Reply::ok(abi::emit_counters(&r.old_counters))
+        )
     }
 
     fn control(&self, cmd: &str) -> Reply {
@@ -293,7 +441,43 @@ impl Daemon {
             st.commits,
             st.store.generation()
         ));
-        s.push_str("datapath: none (rules are stored, not enforced)\n");
+        match &st.enf.dp {
+            None => s.push_str("datapath: not loaded (nothing to enforce yet)\n"),
+            Some(dp) => {
+                s.push_str(&format!(
+                    "datapath: loaded, generation {}{}\n  attached (tc ingress+egress): {}\n",
+                    dp.generation(),
+                    if dp.fallback {
+                        ", passing everything (fallback)"
+                    } else {
+                        ""
+                    },
+                    dp.attacher
+                        .attached
+                        .values()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+                let r: Vec<String> = dp
+                    .reasons()
+                    .into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(k, n)| format!("{k}={n}"))
+                    .collect();
+                if !r.is_empty() {
+                    s.push_str(&format!("  verdicts: {}\n", r.join(" ")));
+                }
+            }
+        }
+        for f in [Family::V4, Family::V6] {
+            match &st.enf.mode[crate::enforce::idx(f)] {
+                Mode::Datapath => s.push_str(&format!("{f}: enforced by the eBPF datapath\n")),
+                Mode::Kernel(why) => s.push_str(&format!(
+                    "{f}: enforced by the kernel's ip_tables (fallback): {why}\n"
+                )),
+            }
+        }
         let recent = log::recent();
         if !recent.is_empty() {
             s.push_str("recent events:\n");
@@ -309,6 +493,15 @@ impl Daemon {
                     t.number,
                     t.size()
                 ));
+                if let Ok(rs) = crate::ir::Ruleset::from_table(t) {
+                    for c in &rs.chains {
+                        let policy = c
+                            .policy
+                            .map(|p| format!(" policy {p:?}"))
+                            .unwrap_or_default();
+                        s.push_str(&format!("  {}: {} rules{policy}\n", c.name, c.rules.len()));
+                    }
+                }
             }
         }
         s
@@ -335,6 +528,32 @@ impl Daemon {
                 std::process::exit(0);
             }
         }
+    }
+}
+
+/// The table name a socket option buffer starts with (NUL-terminated within 32 bytes).
+fn table_name(data: &[u8]) -> String {
+    let n = data.len().min(abi::TABLE_MAXNAMELEN);
+    let mut b = data[..n].to_vec();
+    if let Some(last) = b.last_mut() {
+        if n == abi::TABLE_MAXNAMELEN {
+            *last = 0;
+        }
+    }
+    String::from_utf8_lossy(abi::c_str(&b)).into_owned()
+}
+
+/// Puts `c` in place of a table's counters and returns the previous ones (if the table
+/// exists and the lengths agree; else gives `c` back).
+fn swap_counters(
+    ns: &mut Netns,
+    f: Family,
+    name: &str,
+    c: Vec<abi::Counters>,
+) -> Vec<abi::Counters> {
+    match ns.family_mut(f).tables.get_mut(name) {
+        Some(t) if t.counters.len() == c.len() => std::mem::replace(&mut t.counters, c),
+        _ => c,
     }
 }
 

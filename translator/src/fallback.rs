@@ -93,6 +93,38 @@ impl KernelTables {
         Ok(())
     }
 
+    /// Adds counters to the kernel's table (SET_ADD_COUNTERS).
+    pub fn add_counters(&self, t: &Table, add: &[Counters]) -> Result<(), Refused> {
+        let mut buf = vec![0u8; abi::COUNTERS_INFO_HDR];
+        abi::put_c_str(&mut buf[..abi::TABLE_MAXNAMELEN], t.name.as_bytes());
+        buf[32..36].copy_from_slice(&(add.len() as u32).to_ne_bytes());
+        buf.extend_from_slice(&abi::emit_counters(add));
+        self.k
+            .setsockopt(t.family, bpfipt_proto::kabi::SO_SET_ADD_COUNTERS, &buf)
+            .map_err(|errno| Refused {
+                table: t.name.clone(),
+                errno,
+            })
+    }
+
+    /// The kernel's counters of `t` if the kernel holds exactly `t`'s entries (a previous
+    /// daemon installed them), else `None`.
+    pub fn matching_counters(&self, t: &Table) -> Option<Vec<Counters>> {
+        let blob = self.k.get_entries(t.family, &t.name).ok()?;
+        if blob.len() != t.blob.len() {
+            return None;
+        }
+        let mut theirs = blob.clone();
+        let mut ours = t.blob.clone();
+        let mut counters = Vec::new();
+        for e in abi::entries(t.family, &blob) {
+            counters.push(abi::entry_counters(t.family, &blob, e.offset));
+            abi::set_entry_counters(t.family, &mut theirs, e.offset, Counters::default());
+            abi::set_entry_counters(t.family, &mut ours, e.offset, Counters::default());
+        }
+        (theirs == ours && counters.len() == t.counters.len()).then_some(counters)
+    }
+
     /// The kernel's counters of a table, per entry.
     pub fn counters(&self, f: Family, name: &str) -> Result<Vec<Counters>, i32> {
         let blob = self.k.get_entries(f, name)?;

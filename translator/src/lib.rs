@@ -6,11 +6,13 @@
 //! `daemon` serves the shims; `oracle` is the kernel itself, for checks and tests.
 
 pub mod abi;
+pub mod apply;
 pub mod attach;
 pub mod check;
 pub mod compile;
 pub mod daemon;
 pub mod dataplane;
+pub mod enforce;
 pub mod ext;
 pub mod fallback;
 pub mod gen;

@@ -31,7 +31,7 @@ pub const HDR_MAP: &str = "bpfipt_hdr";
 pub const STORE_MAP: &str = "bpfipt_store";
 pub const ANCHOR_PROG: &str = "bpfipt_anchor";
 
-const MAGIC: &[u8; 8] = b"BPFIPT02";
+const MAGIC: &[u8; 8] = b"BPFIPT03";
 const HDR_SIZE: usize = 2048;
 /// Chunk value size: 4 bytes of length, then the data.
 const CHUNK: usize = 64 * 1024;
@@ -57,6 +57,9 @@ struct Rec {
     /// Manifests of the entries and of the counters; NO_CHUNK means "initial contents".
     table: ChunkId,
     counters: ChunkId,
+    /// The datapath's counter slot and offset of each entry (see `apply`), if it runs
+    /// the table.
+    slots: ChunkId,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +89,7 @@ impl Header {
             b[o + 4..o + 8].copy_from_slice(&r.order.to_ne_bytes());
             b[o + 16..o + 32].copy_from_slice(&r.table);
             b[o + 32..o + 48].copy_from_slice(&r.counters);
+            b[o + 48..o + 64].copy_from_slice(&r.slots);
         }
         b
     }
@@ -102,6 +106,7 @@ impl Header {
                 order: u32::from_ne_bytes(b[o + 4..o + 8].try_into().unwrap()),
                 table: b[o + 16..o + 32].try_into().unwrap(),
                 counters: b[o + 32..o + 48].try_into().unwrap(),
+                slots: b[o + 48..o + 64].try_into().unwrap(),
             };
         }
         Some(Header {
@@ -419,7 +424,7 @@ impl Store {
     fn load_manifests(&mut self) -> io::Result<()> {
         self.manifests.clear();
         for r in self.header.recs {
-            for mid in [r.table, r.counters] {
+            for mid in [r.table, r.counters, r.slots] {
                 if mid == NO_CHUNK || self.manifests.contains_key(&mid) {
                     continue;
                 }
@@ -440,7 +445,7 @@ impl Store {
     fn collect_garbage(&mut self) -> io::Result<()> {
         let mut live: BTreeSet<ChunkId> = BTreeSet::new();
         for r in self.header.recs {
-            for mid in [r.table, r.counters] {
+            for mid in [r.table, r.counters, r.slots] {
                 if mid == NO_CHUNK {
                     continue;
                 }
@@ -489,8 +494,13 @@ impl Store {
         self.publish(h)
     }
 
-    /// Commits a table's entries and counters atomically.
+    /// Commits a table's entries and counters atomically (and forgets its slots record).
     pub fn commit_table(&mut self, t: &Table) -> io::Result<()> {
+        self.commit_table_with_slots(t, None)
+    }
+
+    /// Commits a table's entries, counters and the datapath's slots record atomically.
+    pub fn commit_table_with_slots(&mut self, t: &Table, slots: Option<&[u8]>) -> io::Result<()> {
         let s =
             slot(t.family, &t.name).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
         let mut h = self.header.clone();
@@ -506,7 +516,23 @@ impl Store {
         let cb = abi::emit_counters(&t.counters);
         h.recs[s].table = self.write_record(&tb, &table_cuts(t.family, &tb, TABLE_BLOB_OFF))?;
         h.recs[s].counters = self.write_record(&cb, &fixed_cuts(cb.len()))?;
+        h.recs[s].slots = match slots {
+            Some(b) => self.write_record(b, &fixed_cuts(b.len()))?,
+            None => NO_CHUNK,
+        };
         self.publish(h)
+    }
+
+    /// The slots record of a table, if one is stored.
+    pub fn slots(&self, family: Family, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let Some(s) = slot(family, name) else {
+            return Ok(None);
+        };
+        let mid = self.header.recs[s].slots;
+        if mid == NO_CHUNK {
+            return Ok(None);
+        }
+        self.read_record(&mid).map(Some)
     }
 
     /// Commits only a table's counters.
@@ -587,6 +613,7 @@ mod tests {
             order: 2,
             table: [7; 16],
             counters: [9; 16],
+            slots: [3; 16],
         };
         assert_eq!(Header::parse(&h.emit()).unwrap(), h);
     }

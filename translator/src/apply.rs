@@ -1,0 +1,432 @@
+//! The datapath of a namespace as the daemon runs it: loaded once, attached to every
+//! interface, kept current with the interfaces and local routes, and given each commit of the
+//! IPv4 filter table as a small set of map changes behind a generation flip.
+//!
+//! Counters: a rule keeps its counter slot while it does not change, and the datapath never
+//! resets a slot it reuses, so what a table entry reports is
+//! `base + counted(slot) - offset`, where `base` is what iptables gave it (SET_ADD_COUNTERS,
+//! `iptables-restore -c`) and `offset` is what the slot had counted when the entry was
+//! installed. The slot and offset of every entry are stored with the table, so a daemon that
+//! dies loses no count: the next one folds what the old maps counted into the bases.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::abi::{Counters, Family};
+use crate::attach::{self, Attacher, Programs};
+use crate::compile::{self, CompileError, Image, SlotAssignment};
+use crate::dataplane::{self, Dataplane, Limits, Prog};
+use crate::ir::Ruleset;
+use crate::layout::{self, Pod};
+use crate::log;
+use crate::netlink::{self, LocalKind};
+use crate::sys;
+
+pub const INGRESS_ROLE: &str = "bpfipt_ingress";
+pub const EGRESS_ROLE: &str = "bpfipt_egress";
+
+/// Where an entry's datapath count lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntrySlot {
+    pub slot: u32,
+    /// Packets and bytes the slot had counted when the entry was installed.
+    pub offset: Counters,
+}
+
+/// Encodes the per-entry slots for the store: per entry, `slot` (u32::MAX for none) and the
+/// offset's packets and bytes.
+pub fn encode_slots(slots: &[Option<EntrySlot>]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(slots.len() * 20);
+    for s in slots {
+        let s = s.unwrap_or(EntrySlot {
+            slot: u32::MAX,
+            offset: Counters::default(),
+        });
+        b.extend_from_slice(&s.slot.to_ne_bytes());
+        b.extend_from_slice(&s.offset.pcnt.to_ne_bytes());
+        b.extend_from_slice(&s.offset.bcnt.to_ne_bytes());
+    }
+    b
+}
+
+pub fn decode_slots(b: &[u8]) -> Vec<Option<EntrySlot>> {
+    b.chunks_exact(20)
+        .map(|c| {
+            let slot = u32::from_ne_bytes(c[..4].try_into().unwrap());
+            (slot != u32::MAX).then(|| EntrySlot {
+                slot,
+                offset: Counters {
+                    pcnt: u64::from_ne_bytes(c[4..12].try_into().unwrap()),
+                    bcnt: u64::from_ne_bytes(c[12..20].try_into().unwrap()),
+                },
+            })
+        })
+        .collect()
+}
+
+/// The slot of every entry of a compiled table, in entry order.
+fn entry_slots(rs: &Ruleset, asg: &SlotAssignment, entries: usize) -> Vec<Option<u32>> {
+    let mut v = vec![None; entries];
+    for c in &rs.chains {
+        for (i, r) in c.rules.iter().enumerate() {
+            if let Some(s) = asg.rule_slot(&c.name, i) {
+                v[r.entry] = Some(s);
+            }
+        }
+        if let Some(s) = asg.tail_slot(&c.name) {
+            v[c.tail_entry] = Some(s);
+        }
+    }
+    v
+}
+
+/// Why the datapath cannot take a commit.
+#[derive(Debug)]
+pub enum ApplyError {
+    Compile(CompileError),
+    Dataplane(dataplane::Error),
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Compile(e) => write!(f, "{e}"),
+            ApplyError::Dataplane(e) => write!(f, "datapath: {e}"),
+            ApplyError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<dataplane::Error> for ApplyError {
+    fn from(e: dataplane::Error) -> Self {
+        ApplyError::Dataplane(e)
+    }
+}
+
+impl From<io::Error> for ApplyError {
+    fn from(e: io::Error) -> Self {
+        ApplyError::Io(e)
+    }
+}
+
+/// A compiled filter table, ready to be applied.
+pub struct Prepared {
+    image: Image,
+    asg: SlotAssignment,
+    slots: Vec<Option<u32>>,
+}
+
+/// The namespace's running datapath.
+pub struct Datapath {
+    dp: Dataplane,
+    ingress: OwnedFd,
+    egress: OwnedFd,
+    image: Image,
+    asg: SlotAssignment,
+    /// Slot and offset of each entry of the IPv4 filter table.
+    pub slots: Vec<Option<EntrySlot>>,
+    pub attacher: Attacher,
+    pub fallback: bool,
+    locals: Vec<netlink::LocalRoute>,
+}
+
+/// The counters map of the bpfipt programs attached now (from a previous daemon or load).
+fn attached_counters_map() -> Option<OwnedFd> {
+    let lo = sys::loopback_ifindex();
+    for ty in [sys::BPF_TCX_EGRESS, sys::BPF_TCX_INGRESS] {
+        for id in sys::tcx_query(lo, ty).ok()? {
+            let Ok(prog) = sys::prog_fd_by_id(id) else {
+                continue;
+            };
+            let Ok((name, maps)) = sys::prog_info(&prog) else {
+                continue;
+            };
+            if name != INGRESS_ROLE && name != EGRESS_ROLE {
+                continue;
+            }
+            for m in maps {
+                let Ok(fd) = sys::map_fd_by_id(m) else {
+                    continue;
+                };
+                if sys::map_name(&fd).ok().as_deref() == Some("counters") {
+                    return Some(fd);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Packets and bytes of `slot` in a per-CPU counters map.
+fn read_counter(map: &OwnedFd, cpus: usize, slot: u32) -> Counters {
+    let mut v = vec![0u8; 16 * cpus];
+    if sys::map_lookup_percpu(map, &slot.to_ne_bytes(), &mut v).is_err() {
+        return Counters::default();
+    }
+    let mut c = Counters::default();
+    for cpu in v.chunks(16) {
+        let x = layout::Counter::from_bytes(cpu);
+        c.pcnt += x.packets;
+        c.bcnt += x.bytes;
+    }
+    c
+}
+
+fn sub(a: Counters, b: Counters) -> Counters {
+    Counters {
+        pcnt: a.pcnt.wrapping_sub(b.pcnt),
+        bcnt: a.bcnt.wrapping_sub(b.bcnt),
+    }
+}
+
+impl Datapath {
+    /// Compiles a filter table against the current assignment (nothing is written).
+    pub fn prepare(&self, rs: &Ruleset, entries: usize) -> Result<Prepared, ApplyError> {
+        prepare(rs, &self.asg, entries)
+    }
+
+    /// Loads a fresh datapath with `p` (compiled by [`prepare_fresh`]) and puts it in place of
+    /// whatever bpfipt programs are attached now. The counts of the programs it replaces
+    /// (`old`: their slot per entry and counters map) are folded into `counters`.
+    pub fn start(
+        p: Prepared,
+        counters: &mut [Counters],
+        old: Option<(&[Option<EntrySlot>], &OwnedFd)>,
+        limits: Limits,
+    ) -> Result<Datapath, ApplyError> {
+        let dp = Dataplane::load(limits)?;
+        dp.write_image(0, &p.image)?;
+        dp.write_image(1, &p.image)?;
+        let ingress = dp.prog_fd(Prog::Ingress)?;
+        let egress = dp.prog_fd(Prog::Egress)?;
+        let mut d = Datapath {
+            dp,
+            ingress,
+            egress,
+            image: p.image,
+            asg: p.asg,
+            slots: p
+                .slots
+                .iter()
+                .map(|s| {
+                    s.map(|slot| EntrySlot {
+                        slot,
+                        offset: Counters::default(),
+                    })
+                })
+                .collect(),
+            attacher: Attacher::default(),
+            fallback: false,
+            locals: Vec::new(),
+        };
+        d.resync()?;
+        // The old programs are gone from every interface now; once no packet is still in
+        // them, what they counted is final.
+        d.dp.sync()?;
+        if let Some((old_slots, map)) = old {
+            let cpus = sys::possible_cpus()?;
+            for (i, s) in old_slots.iter().enumerate() {
+                if let (Some(s), Some(c)) = (s, counters.get_mut(i)) {
+                    c.add(sub(read_counter(map, cpus, s.slot), s.offset));
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// The counters map of whatever bpfipt datapath is attached in the namespace now.
+    pub fn attached_counters() -> Option<OwnedFd> {
+        attached_counters_map()
+    }
+
+    /// Applies a prepared table: the changes into the inactive half, flip, grace period, the
+    /// same changes into the other half. `table`'s counters must already hold the old
+    /// entries' totals (the daemon folds them before a replace).
+    pub fn commit(&mut self, p: Prepared) -> Result<(), ApplyError> {
+        let changes = p.image.diff(&self.image);
+        let active = self.dp.active_half()?;
+        self.dp.write(active ^ 1, &changes)?;
+        self.dp.flip()?;
+        self.dp.sync()?;
+        self.dp.write(active, &changes)?;
+        // Slots kept from the previous image continue counting: remember where they are.
+        let kept: HashSet<u32> = self.slots.iter().flatten().map(|s| s.slot).collect();
+        self.slots = p
+            .slots
+            .iter()
+            .map(|s| {
+                s.map(|slot| {
+                    let offset = if kept.contains(&slot) {
+                        self.counter(slot)
+                    } else {
+                        Counters::default()
+                    };
+                    EntrySlot { slot, offset }
+                })
+            })
+            .collect();
+        self.image = p.image;
+        self.asg = p.asg;
+        Ok(())
+    }
+
+    fn counter(&self, slot: u32) -> Counters {
+        self.dp
+            .counter(slot)
+            .map(|c| Counters {
+                pcnt: c.packets,
+                bcnt: c.bytes,
+            })
+            .unwrap_or_default()
+    }
+
+    /// What each entry counted since it was installed.
+    pub fn counted(&self) -> Vec<Counters> {
+        self.slots
+            .iter()
+            .map(|s| {
+                s.map(|s| sub(self.counter(s.slot), s.offset))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Adds what each entry counted to `counters` and restarts the counts from there.
+    pub fn fold_into(&mut self, counters: &mut [Counters]) {
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Some(s) = s {
+                let now = self
+                    .dp
+                    .counter(s.slot)
+                    .map(|c| Counters {
+                        pcnt: c.packets,
+                        bcnt: c.bytes,
+                    })
+                    .unwrap_or_default();
+                if let Some(c) = counters.get_mut(i) {
+                    c.add(sub(now, s.offset));
+                }
+                s.offset = now;
+            }
+        }
+    }
+
+    /// Lets every packet pass (the kernel enforces the family) or takes over again.
+    pub fn set_fallback(&mut self, on: bool) -> Result<(), ApplyError> {
+        self.dp.set_fallback(on)?;
+        self.fallback = on;
+        Ok(())
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.dp.config().map(|c| c.gen).unwrap_or(0)
+    }
+
+    pub fn reasons(&self) -> Vec<(String, u64)> {
+        self.dp
+            .reasons()
+            .map(|r| {
+                let mut v: Vec<(String, u64)> =
+                    r.into_iter().map(|(k, n)| (format!("{k:?}"), n)).collect();
+                v.sort();
+                v
+            })
+            .unwrap_or_default()
+    }
+
+    /// Makes the datapath match the namespace: programs on every interface, device names,
+    /// local and broadcast routes. Called at start and on every rtnetlink change.
+    pub fn resync(&mut self) -> Result<(), ApplyError> {
+        let links = netlink::links()?;
+        for l in &links {
+            self.dp.set_ifname(l.ifindex, Some(&l.name))?;
+        }
+        for gone in self
+            .attacher
+            .attached
+            .keys()
+            .filter(|i| !links.iter().any(|l| l.ifindex == **i))
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            let _ = self.dp.set_ifname(gone, None);
+        }
+        let locals = netlink::local_routes(netlink_packet_route::AddressFamily::Inet)?;
+        for r in &self.locals {
+            if !locals.contains(r) {
+                if let std::net::IpAddr::V4(a) = r.prefix {
+                    self.dp.set_local(a.octets(), r.len, None)?;
+                }
+            }
+        }
+        for r in &locals {
+            if let std::net::IpAddr::V4(a) = r.prefix {
+                let kind = match r.kind {
+                    LocalKind::Local => layout::LOCAL_UNICAST,
+                    LocalKind::Broadcast => layout::LOCAL_BROADCAST,
+                };
+                self.dp.set_local(a.octets(), r.len, Some(kind))?;
+            }
+        }
+        self.locals = locals;
+        let progs = Programs {
+            ingress: self.ingress.as_fd(),
+            egress: self.egress.as_fd(),
+        };
+        for e in self
+            .attacher
+            .sync(&links, &progs, INGRESS_ROLE, EGRESS_ROLE)
+        {
+            log::error(&format!(
+                "attaching to {} ({}) {}: {}",
+                e.name, e.ifindex, e.hook, e.error
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes the programs from every interface (`bpfipt datapath detach`, tests).
+    pub fn detach_all() -> io::Result<usize> {
+        let mut n = 0;
+        for l in netlink::links()? {
+            n += attach::remove(l.ifindex, sys::BPF_TCX_INGRESS, INGRESS_ROLE)?;
+            n += attach::remove(l.ifindex, sys::BPF_TCX_EGRESS, EGRESS_ROLE)?;
+        }
+        Ok(n)
+    }
+
+    pub fn family() -> Family {
+        Family::V4
+    }
+}
+
+/// Compiles a filter table for a datapath that is not loaded yet.
+pub fn prepare_fresh(rs: &Ruleset, entries: usize) -> Result<Prepared, ApplyError> {
+    prepare(rs, &SlotAssignment::default(), entries)
+}
+
+fn prepare(rs: &Ruleset, prev: &SlotAssignment, entries: usize) -> Result<Prepared, ApplyError> {
+    let (image, asg) = compile::compile(rs, prev).map_err(ApplyError::Compile)?;
+    let slots = entry_slots(rs, &asg, entries);
+    Ok(Prepared { image, asg, slots })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_round_trip() {
+        let v = vec![
+            None,
+            Some(EntrySlot {
+                slot: 7,
+                offset: Counters { pcnt: 3, bcnt: 300 },
+            }),
+            None,
+        ];
+        assert_eq!(decode_slots(&encode_slots(&v)), v);
+    }
+}
