@@ -29,6 +29,8 @@ upstream() {
     s=$("$here/upstream.sh") || return 1
     echo "kernel:  $(echo "$k" | tr '\n' ' ')"
     echo "bpfipt:  $(echo "$s" | tr '\n' ' ')"
+    # Informational: what passes with BPFIPT_STRICT=1, i.e. without the kernel fallback.
+    echo "bpfipt, eBPF only (BPFIPT_STRICT=1):  $("$here/upstream.sh" --strict | tr '\n' ' ')"
     local kp sp kt st
     for suite in iptables-test shell; do
         kp=$(echo "$k" | sed -n "s/^$suite: \([0-9]*\) passed of \([0-9]*\)/\1/p")

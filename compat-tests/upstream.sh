@@ -4,6 +4,9 @@
 #
 #   compat-tests/upstream.sh            with the shim
 #   compat-tests/upstream.sh --kernel   the same suites against the kernel (the baseline)
+#   compat-tests/upstream.sh --strict   with the shim and BPFIPT_STRICT=1: a commit the eBPF
+#                                       datapath cannot enforce fails instead of falling back,
+#                                       so the passes are what bpfipt runs natively
 #
 # Prints "iptables-test: P passed of T" and "shell: P passed of T"; failures are listed in
 # compat-tests/.cache/upstream-*.log. Exit status 0 when both ran (the counts are the result).
@@ -12,10 +15,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 mode=shim
 [ "${1:-}" = "--kernel" ] && mode=kernel
+[ "${1:-}" = "--strict" ] && mode=strict
 
 src=$("$here/fetch-iptables-source.sh")
 lib="$root/target/release/libbpfipt.so"
-if [ "$mode" = shim ]; then
+if [ "$mode" != kernel ]; then
+    [ "$mode" = strict ] && export BPFIPT_STRICT=1
     [ -f "$lib" ] || (cd "$root" && cargo build --release >&2)
     export LD_PRELOAD="$lib"
     export BPFIPT_DAEMON="$root/target/release/bpfiptd"
