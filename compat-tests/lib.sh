@@ -73,3 +73,28 @@ e2e_summary() {
 
 # Removes the date comments of iptables-save output.
 nodates() { grep -v '^# \(Generated\|Completed\)'; }
+
+# topo3 NAME: namespaces NAME-c (10.1.0.2) -- NAME-f (10.1.0.1 | 10.2.0.1, forwarding) --
+# NAME-s (10.2.0.2); sets C, F, S to their names. Removed by e2e_cleanup.
+topo3() {
+    C=$(ns_new "$1-c"); F=$(ns_new "$1-f"); S=$(ns_new "$1-s")
+    ip link add c0 netns "$C" type veth peer name f0 netns "$F"
+    ip link add s0 netns "$S" type veth peer name f1 netns "$F"
+    ip -n "$C" addr add 10.1.0.2/24 dev c0; ip -n "$C" link set c0 up
+    ip -n "$S" addr add 10.2.0.2/24 dev s0; ip -n "$S" link set s0 up
+    ip -n "$F" addr add 10.1.0.1/24 dev f0; ip -n "$F" link set f0 up
+    ip -n "$F" addr add 10.2.0.1/24 dev f1; ip -n "$F" link set f1 up
+    ip -n "$C" route add default via 10.1.0.1
+    ip -n "$S" route add default via 10.2.0.1
+    ip netns exec "$F" sysctl -qw net.ipv4.ip_forward=1
+}
+
+UDPFLOW="$ROOT/compat-tests/tools/udpflow.py"
+
+# daemon_pid NS: the namespace's bpfiptd, if any.
+daemon_pid() {
+    local p
+    for p in $(ip netns pids "$1" 2>/dev/null); do
+        [ "$(cat /proc/$p/comm 2>/dev/null)" = bpfiptd ] && echo "$p"
+    done
+}

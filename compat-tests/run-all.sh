@@ -21,6 +21,7 @@ step "cli-diff" "$here/cli-diff.sh"
 step "daemon" "$here/daemon.sh"
 step "package" "$here/package.sh"
 step "counters" "$here/counters.sh"
+step "datapath" "$here/datapath.sh"
 step "fuzz (60 s)" "$here/fuzz.sh" 60
 
 upstream() {

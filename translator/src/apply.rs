@@ -387,6 +387,31 @@ impl Datapath {
         Ok(())
     }
 
+    /// Per interface, whether our programs are attached at ingress and egress, as the kernel
+    /// reports it (`BPF_PROG_QUERY`), not as we remember it.
+    pub fn hooks(&self) -> Vec<(String, bool, bool)> {
+        let ids = |fd: &OwnedFd| sys::prog_id(fd).ok();
+        let (i, e) = (ids(&self.ingress), ids(&self.egress));
+        netlink::links()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| {
+                let has = |ty, id: Option<u32>| {
+                    id.is_some_and(|id| {
+                        sys::tcx_query(l.ifindex, ty)
+                            .unwrap_or_default()
+                            .contains(&id)
+                    })
+                };
+                (
+                    l.name,
+                    has(sys::BPF_TCX_INGRESS, i),
+                    has(sys::BPF_TCX_EGRESS, e),
+                )
+            })
+            .collect()
+    }
+
     /// Removes the programs from every interface (`bpfipt datapath detach`, tests).
     pub fn detach_all() -> io::Result<usize> {
         let mut n = 0;

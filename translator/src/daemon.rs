@@ -444,20 +444,25 @@ impl Daemon {
         match &st.enf.dp {
             None => s.push_str("datapath: not loaded (nothing to enforce yet)\n"),
             Some(dp) => {
+                let hooks: Vec<String> = dp
+                    .hooks()
+                    .into_iter()
+                    .map(|(n, i, e)| match (i, e) {
+                        (true, true) => n,
+                        (true, false) => format!("{n}(ingress only)"),
+                        (false, true) => format!("{n}(egress only)"),
+                        (false, false) => format!("{n}(NOT ATTACHED)"),
+                    })
+                    .collect();
+                let fallback = if dp.fallback {
+                    ", passing everything (fallback)"
+                } else {
+                    ""
+                };
                 s.push_str(&format!(
-                    "datapath: loaded, generation {}{}\n  attached (tc ingress+egress): {}\n",
+                    "datapath: loaded, generation {}{fallback}\n  tc ingress+egress: {}\n",
                     dp.generation(),
-                    if dp.fallback {
-                        ", passing everything (fallback)"
-                    } else {
-                        ""
-                    },
-                    dp.attacher
-                        .attached
-                        .values()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                    hooks.join(" ")
                 ));
                 let r: Vec<String> = dp
                     .reasons()
@@ -472,6 +477,9 @@ impl Daemon {
         }
         for f in [Family::V4, Family::V6] {
             match &st.enf.mode[crate::enforce::idx(f)] {
+                Mode::Datapath if f == Family::V6 => {
+                    s.push_str(&format!("{f}: no rules to enforce\n"))
+                }
                 Mode::Datapath => s.push_str(&format!("{f}: enforced by the eBPF datapath\n")),
                 Mode::Kernel(why) => s.push_str(&format!(
                     "{f}: enforced by the kernel's ip_tables (fallback): {why}\n"
