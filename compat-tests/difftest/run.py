@@ -564,23 +564,50 @@ def cmd_counters(args):
                 side.label, r.stderr.strip()))
             if side is k:
                 return 2
-    tag = 0
-    for count, p in counters_traffic():
-        for _ in range(count):
-            tag += 1
-            ip = pkt.build(p, tag)
-            for side in (k, s):
-                side.send(tag, p, ip)
-            time.sleep(0.002)
-    settle((k, s), 0.3)
+    state = {"tag": 0}
+
+    def traffic():
+        for count, p in counters_traffic():
+            for _ in range(count):
+                state["tag"] += 1
+                ip = pkt.build(p, state["tag"])
+                for side in (k, s):
+                    side.send(state["tag"], p, ip)
+                time.sleep(0.002)
+        settle((k, s), 0.3)
+
     ok = total = 0
-    outs = {}
-    for side in (k, s):
-        outs[side.label] = {
-            "iptables-legacy -L -v -x -n": side.iptables("iptables-legacy", "-w", "30", "-L",
-                                                          "-v", "-x", "-n").stdout,
-            "iptables-legacy-save -c": save_c(side),
-        }
+
+    def compare(stage):
+        nonlocal ok, total
+        outs = {}
+        for side in (k, s):
+            outs[side.label] = {
+                "iptables-legacy -L -v -x -n": side.iptables("iptables-legacy", "-w", "30", "-L",
+                                                              "-v", "-x", "-n").stdout,
+                "iptables-legacy-save -c": save_c(side),
+            }
+        for what in outs["kernel"]:
+            total += 1
+            a, b = outs["kernel"][what], outs["shim"][what]
+            if a == b:
+                ok += 1
+                print("ok   %s: %s" % (stage, what))
+            else:
+                other = "kernel2" if args.self_check else "shim"
+                print("FAIL %s: %s differs (kernel vs %s):" % (stage, what, other))
+                al, bl = a.splitlines(), b.splitlines()
+                for i in range(max(len(al), len(bl))):
+                    x = al[i] if i < len(al) else ""
+                    y = bl[i] if i < len(bl) else ""
+                    if x != y:
+                        print("  %-8s %s\n  %-8s %s" % ("kernel:", x, other + ":", y))
+        if args.verbose:
+            print(outs["kernel"]["iptables-legacy-save -c"])
+        return outs
+
+    traffic()
+    outs = compare("after traffic")
     # The kernel side must show the traffic, or this test proves nothing.
     zero = [l for l in outs["kernel"]["iptables-legacy-save -c"].splitlines()
             if l.startswith("[0:0] -A")]
@@ -588,23 +615,19 @@ def cmd_counters(args):
         print("counters: HARNESS ERROR: rules the traffic never hit on the kernel side:")
         print("\n".join("  " + l for l in zero))
         return 2
-    for what in outs["kernel"]:
-        total += 1
-        a, b = outs["kernel"][what], outs["shim"][what]
-        if a == b:
-            ok += 1
-            print("ok   %s" % what)
-        else:
-            other = "kernel2" if args.self_check else "shim"
-            print("FAIL %s differs (kernel vs %s):" % (what, other))
-            al, bl = a.splitlines(), b.splitlines()
-            for i in range(max(len(al), len(bl))):
-                x = al[i] if i < len(al) else ""
-                y = bl[i] if i < len(bl) else ""
-                if x != y:
-                    print("  %-8s %s\n  %-8s %s" % ("kernel:", x, other + ":", y))
-    if args.verbose:
-        print(outs["kernel"]["iptables-legacy-save -c"])
+    # Commits keep the counters of the rules they do not change; -Z zeroes.
+    for cmd in (["-I", "INPUT", "1", "-p", "tcp", "--dport", "9999", "-j", "ACCEPT"],
+                ["-D", "FORWARD", "-d", "64.0.0.0/8", "-j", "DROP"],
+                ["-A", "OUTPUT", "-p", "udp", "--dport", "6", "-j", "DROP"]):
+        for side in (k, s):
+            side.iptables("iptables-legacy", "-w", "30", *cmd)
+    compare("after three commits")
+    traffic()
+    compare("after commits and more traffic")
+    for side in (k, s):
+        side.iptables("iptables-legacy", "-w", "30", "-Z", "FORWARD")
+        side.iptables("iptables-legacy", "-w", "30", "-Z", "INPUT", "2")
+    compare("after -Z FORWARD and -Z INPUT 2")
     print("counters: %d agree of %d" % (ok, total))
     return 0 if ok == total else 1
 
