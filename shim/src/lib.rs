@@ -296,50 +296,29 @@ fn emulate_set(
         return fail(libc::EPERM);
     }
     let len = optlen as usize;
+    // Each option: its header size, the check that `len` is at least that (the kernel's
+    // `<` or `<=`), and how much follows the header.
+    let read = |hdr_len: usize,
+                body: fn(&[u8], usize) -> Result<usize, c_int>|
+     -> Result<Vec<u8>, c_int> {
+        let mut hdr = mem::read(optval, hdr_len)?;
+        let n = body(&hdr, len)?;
+        let src = optval.cast::<u8>().wrapping_add(hdr_len).cast::<c_void>();
+        hdr.extend_from_slice(&mem::read(src, n)?);
+        Ok(hdr)
+    };
     let (op, data) = match optname {
-        kabi::SO_SET_REPLACE => {
-            if len < kabi::REPLACE_HDR {
-                return fail(libc::EINVAL);
-            }
-            let mut hdr = match mem::read(optval, kabi::REPLACE_HDR) {
-                Ok(h) => h,
-                Err(e) => return fail(e),
-            };
-            let body = match kabi::replace_body_len(&hdr, len) {
-                Ok(b) => b,
-                Err(e) => return fail(e),
-            };
-            let src = optval
-                .cast::<u8>()
-                .wrapping_add(kabi::REPLACE_HDR)
-                .cast::<c_void>();
-            match mem::read(src, body) {
-                Ok(b) => hdr.extend_from_slice(&b),
-                Err(e) => return fail(e),
-            }
-            (Op::SetReplace, hdr)
-        }
+        kabi::SO_SET_REPLACE if len < kabi::REPLACE_HDR => return fail(libc::EINVAL),
+        kabi::SO_SET_REPLACE => match read(kabi::REPLACE_HDR, kabi::replace_body_len) {
+            Ok(d) => (Op::SetReplace, d),
+            Err(e) => return fail(e),
+        },
+        kabi::SO_SET_ADD_COUNTERS if len <= kabi::COUNTERS_INFO_HDR => return fail(libc::EINVAL),
         kabi::SO_SET_ADD_COUNTERS => {
-            if len <= kabi::COUNTERS_INFO_HDR {
-                return fail(libc::EINVAL);
-            }
-            let mut hdr = match mem::read(optval, kabi::COUNTERS_INFO_HDR) {
-                Ok(h) => h,
-                Err(e) => return fail(e),
-            };
-            let body = match kabi::add_counters_body_len(&hdr, len) {
-                Ok(b) => b,
-                Err(e) => return fail(e),
-            };
-            let src = optval
-                .cast::<u8>()
-                .wrapping_add(kabi::COUNTERS_INFO_HDR)
-                .cast::<c_void>();
-            match mem::read(src, body) {
-                Ok(b) => hdr.extend_from_slice(&b),
+            match read(kabi::COUNTERS_INFO_HDR, kabi::add_counters_body_len) {
+                Ok(d) => (Op::AddCounters, d),
                 Err(e) => return fail(e),
             }
-            (Op::AddCounters, hdr)
         }
         _ => return fail(libc::EINVAL),
     };
