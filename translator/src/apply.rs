@@ -120,7 +120,11 @@ pub struct Prepared {
 
 /// The namespace's running datapath.
 pub struct Datapath {
-    dp: Dataplane,
+    dp: std::sync::Arc<Dataplane>,
+    /// The replay of the last commit onto the other half, running after its grace period.
+    replay: Option<std::thread::JoinHandle<Result<(), dataplane::Error>>>,
+    /// The slots' counts as last read for the old counters of a replace (see `counted`).
+    last_read: Option<Vec<Counters>>,
     ingress: OwnedFd,
     egress: OwnedFd,
     image: Image,
@@ -202,7 +206,9 @@ impl Datapath {
         let ingress = dp.prog_fd(Prog::Ingress)?;
         let egress = dp.prog_fd(Prog::Egress)?;
         let mut d = Datapath {
-            dp,
+            dp: std::sync::Arc::new(dp),
+            replay: None,
+            last_read: None,
             ingress,
             egress,
             image: p.image,
@@ -245,21 +251,51 @@ impl Datapath {
     /// same changes into the other half. `table`'s counters must already hold the old
     /// entries' totals (the daemon folds them before a replace).
     pub fn commit(&mut self, p: Prepared) -> Result<(), ApplyError> {
+        self.settle()?;
+        let t0 = std::time::Instant::now();
         let changes = p.image.diff(&self.image);
+        let t1 = std::time::Instant::now();
         let active = self.dp.active_half()?;
         self.dp.write(active ^ 1, &changes)?;
         self.dp.flip()?;
-        self.dp.sync()?;
-        self.dp.write(active, &changes)?;
+        log::debug(&format!(
+            "datapath commit: {} changes, diff {:?}, write+flip {:?}",
+            changes.len(),
+            t1 - t0,
+            t1.elapsed()
+        ));
+        // The grace period and the replay onto the old half need not hold up the caller: the
+        // next commit (or compile, which reuses freed slots) waits for them in `settle`.
+        let dp = self.dp.clone();
+        self.replay = Some(std::thread::spawn(move || {
+            dp.sync()?;
+            dp.write(active, &changes)
+        }));
         // Slots kept from the previous image continue counting: remember where they are.
         let kept: HashSet<u32> = self.slots.iter().flatten().map(|s| s.slot).collect();
+        let raw = match self.last_read.take() {
+            Some(r) => r,
+            None => {
+                let n = p.slots.iter().flatten().max().map_or(0, |m| m + 1);
+                self.dp
+                    .counters(n)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| Counters {
+                        pcnt: c.packets,
+                        bcnt: c.bytes,
+                    })
+                    .collect()
+            }
+        };
+        let now = |slot: u32| raw.get(slot as usize).copied().unwrap_or_default();
         self.slots = p
             .slots
             .iter()
             .map(|s| {
                 s.map(|slot| {
                     let offset = if kept.contains(&slot) {
-                        self.counter(slot)
+                        now(slot)
                     } else {
                         Counters::default()
                     };
@@ -272,49 +308,53 @@ impl Datapath {
         Ok(())
     }
 
-    fn counter(&self, slot: u32) -> Counters {
-        self.dp
-            .counter(slot)
+    /// Waits for the previous commit's grace period and replay: afterwards both halves are
+    /// equal and the slots that commit freed are reusable.
+    pub fn settle(&mut self) -> Result<(), ApplyError> {
+        if let Some(h) = self.replay.take() {
+            h.join()
+                .map_err(|_| ApplyError::Io(io::Error::other("datapath replay panicked")))??;
+        }
+        Ok(())
+    }
+
+    /// What each entry counted since it was installed. The slots' values read here become
+    /// the offsets of the entries the next commit keeps: the packets counted between this read
+    /// (the old counters iptables is told) and that commit belong to the new entries.
+    pub fn counted(&mut self) -> Vec<Counters> {
+        let slots: Vec<Option<u32>> = self.slots.iter().map(|s| s.map(|s| s.slot)).collect();
+        let n = slots.iter().flatten().max().map_or(0, |m| m + 1);
+        let raw: Vec<Counters> = self
+            .dp
+            .counters(n)
+            .unwrap_or_default()
+            .into_iter()
             .map(|c| Counters {
                 pcnt: c.packets,
                 bcnt: c.bytes,
             })
-            .unwrap_or_default()
-    }
-
-    /// What each entry counted since it was installed.
-    pub fn counted(&self) -> Vec<Counters> {
-        self.slots
+            .collect();
+        let out = self
+            .slots
             .iter()
             .map(|s| {
-                s.map(|s| sub(self.counter(s.slot), s.offset))
-                    .unwrap_or_default()
+                s.map(|s| {
+                    sub(
+                        raw.get(s.slot as usize).copied().unwrap_or_default(),
+                        s.offset,
+                    )
+                })
+                .unwrap_or_default()
             })
-            .collect()
-    }
-
-    /// Adds what each entry counted to `counters` and restarts the counts from there.
-    pub fn fold_into(&mut self, counters: &mut [Counters]) {
-        for (i, s) in self.slots.iter_mut().enumerate() {
-            if let Some(s) = s {
-                let now = self
-                    .dp
-                    .counter(s.slot)
-                    .map(|c| Counters {
-                        pcnt: c.packets,
-                        bcnt: c.bytes,
-                    })
-                    .unwrap_or_default();
-                if let Some(c) = counters.get_mut(i) {
-                    c.add(sub(now, s.offset));
-                }
-                s.offset = now;
-            }
-        }
+            .collect();
+        self.last_read = Some(raw);
+        out
     }
 
     /// Lets every packet pass (the kernel enforces the family) or takes over again.
     pub fn set_fallback(&mut self, on: bool) -> Result<(), ApplyError> {
+        // Counts read before the kernel took over are no offsets for what comes after.
+        self.last_read = None;
         self.dp.set_fallback(on)?;
         self.fallback = on;
         Ok(())

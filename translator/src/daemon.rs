@@ -319,7 +319,13 @@ impl Daemon {
             }
         };
         let t1 = Instant::now();
+        if let Some(dp) = st.enf.dp.as_mut() {
+            if let Err(e) = dp.settle() {
+                log::error(&format!("finishing the previous datapath commit: {e}"));
+            }
+        }
         let decision = st.enf.decide(&st.ns, f, &r.table);
+        let t_decide = Instant::now();
         if let Decision::Kernel(why) = &decision {
             if req.flags & bpfipt_proto::FLAG_STRICT != 0 {
                 if let Some(c) = saved {
@@ -371,11 +377,12 @@ impl Daemon {
         }
         let t3 = Instant::now();
         log::debug(&format!(
-            "replace {f} {}: {} entries, validate {:?}, enforce {:?}, store {:?}",
+            "replace {f} {}: {} entries, validate {:?}, decide+compile {:?}, enforce {:?}, store {:?}",
             r.table.name,
             r.table.number,
             t1 - t0,
-            t2 - t1,
+            t_decide - t1,
+            t2 - t_decide,
             t3 - t2
         ));
         let old = outcome.kernel_old_counters.unwrap_or(r.old_counters);

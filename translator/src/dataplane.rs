@@ -306,6 +306,8 @@ impl Dataplane {
     /// a new record's slot also gets its counters zeroed.
     pub fn write(&self, half: u8, changes: &[Change]) -> Result<(), Error> {
         let m = &self.maps;
+        let mut port_keys: Vec<u32> = Vec::new();
+        let mut port_vals: Vec<u32> = Vec::new();
         for c in changes {
             match c {
                 Change::Chain(id, rec) => {
@@ -343,14 +345,9 @@ impl Dataplane {
                     }
                 }
                 Change::Port(field, port, cls) => {
-                    let idx = (half as u32 * 2 + *field as u32) * 65536 + *port as u32;
-                    sys::map_update(
-                        &m.ports,
-                        &idx.to_ne_bytes(),
-                        &cls.to_ne_bytes(),
-                        sys::BPF_ANY,
-                    )
-                    .map_err(sys_err("update ports"))?;
+                    // A new boundary moves up to 65536 ports: written in one batch below.
+                    port_keys.push((half as u32 * 2 + *field as u32) * 65536 + *port as u32);
+                    port_vals.push(*cls);
                 }
                 Change::Rule(slot, rec) => {
                     if let Some(r) = rec {
@@ -360,6 +357,10 @@ impl Dataplane {
                     }
                 }
             }
+        }
+        if !port_keys.is_empty() {
+            sys::array_update_batch(&m.ports, &port_keys, &port_vals)
+                .map_err(sys_err("update ports"))?;
         }
         Ok(())
     }
@@ -398,6 +399,25 @@ impl Dataplane {
             c.bytes += x.bytes;
         }
         Ok(c)
+    }
+
+    /// Packets and bytes of slots `0..count`, summed over CPUs, in one batch.
+    pub fn counters(&self, count: u32) -> Result<Vec<Counter>, Error> {
+        let per_key = 16 * self.cpus;
+        let count = count.min(self.limits.slots);
+        let v = sys::array_lookup_batch(&self.maps.counters, count, per_key)
+            .map_err(sys_err("lookup batch counters"))?;
+        Ok(v.chunks(per_key)
+            .map(|k| {
+                let mut c = Counter::default();
+                for cpu in k.chunks(16) {
+                    let x = Counter::from_bytes(cpu);
+                    c.packets += x.packets;
+                    c.bytes += x.bytes;
+                }
+                c
+            })
+            .collect())
     }
 
     /// Packets per verdict reason, summed over CPUs.

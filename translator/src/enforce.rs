@@ -119,7 +119,7 @@ impl Enforcer {
             Mode::Datapath => {
                 let dp = self
                     .dp
-                    .as_ref()
+                    .as_mut()
                     .filter(|_| f == Family::V4 && name == "filter")?;
                 let mut c = t.counters.clone();
                 for (c, d) in c.iter_mut().zip(dp.counted()) {

@@ -20,6 +20,8 @@ const BPF_PROG_GET_FD_BY_ID: u32 = 13;
 const BPF_MAP_GET_FD_BY_ID: u32 = 14;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
 const BPF_PROG_BIND_MAP: u32 = 35;
+const BPF_MAP_LOOKUP_BATCH: u32 = 24;
+const BPF_MAP_UPDATE_BATCH: u32 = 26;
 
 // enum bpf_map_type
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
@@ -297,6 +299,68 @@ pub fn map_create_of_maps(inner: &impl AsRawFd, name: &str) -> io::Result<OwnedF
 /// rounded up to 8 bytes.
 pub fn map_lookup_percpu(map: &impl AsRawFd, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
     map_lookup(map, key, value)
+}
+
+/// The values of keys `0..count` of an array map (per-CPU maps: `value_size` is the size of
+/// all CPUs' values of one key), with `BPF_MAP_LOOKUP_BATCH` (Linux 5.6, cb4d03ab499d):
+/// a few system calls instead of one per key.
+pub fn array_lookup_batch(
+    map: &impl AsRawFd,
+    count: u32,
+    value_size: usize,
+) -> io::Result<Vec<u8>> {
+    let mut values = vec![0u8; count as usize * value_size];
+    let mut keys = vec![0u32; count as usize];
+    let mut done = 0u32;
+    let mut in_batch = 0u32;
+    let mut out_batch = 0u32;
+    while done < count {
+        let mut a = Attr::new();
+        // batch: in_batch, out_batch, keys, values, count, map_fd, elem_flags, flags
+        if done > 0 {
+            a.u64(0, &in_batch as *const u32 as u64);
+        }
+        a.u64(8, &mut out_batch as *mut u32 as u64)
+            .u64(16, keys[done as usize..].as_mut_ptr() as u64)
+            .u64(24, values[done as usize * value_size..].as_mut_ptr() as u64)
+            .u32(32, count - done)
+            .u32(36, map.as_raw_fd() as u32);
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
+        let got = a.get_u32(32);
+        done += got;
+        match r {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+        if got == 0 {
+            break;
+        }
+        in_batch = out_batch;
+    }
+    values.truncate(done as usize * value_size);
+    Ok(values)
+}
+
+/// Updates `keys[i]` to `values[i]` of an array map of u32 values in one
+/// `BPF_MAP_UPDATE_BATCH` (as few calls as the kernel needs).
+pub fn array_update_batch(map: &impl AsRawFd, keys: &[u32], values: &[u32]) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < keys.len() {
+        let mut a = Attr::new();
+        a.u64(16, keys[done..].as_ptr() as u64)
+            .u64(24, values[done..].as_ptr() as u64)
+            .u32(32, (keys.len() - done) as u32)
+            .u32(36, map.as_raw_fd() as u32);
+        let r = bpf(BPF_MAP_UPDATE_BATCH, &mut a);
+        let got = a.get_u32(32) as usize;
+        r?;
+        if got == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        done += got;
+    }
+    Ok(())
 }
 
 /// Number of possible CPUs (/sys/devices/system/cpu/possible), the per-CPU value count.

@@ -606,16 +606,22 @@ pub static EXTENSIONS: &[ExtInfo] = &[
 pub const XT_INV_PROTO: u8 = 0x40;
 
 fn find(kind: Kind, nf: NfProto, name: &[u8], revision: u8) -> (Option<&'static ExtInfo>, bool) {
-    let mut other_revision = false;
-    for e in EXTENSIONS {
-        if e.kind == kind && e.family == nf && e.name.as_bytes() == name {
-            if e.revision == revision {
-                return (Some(e), true);
-            }
-            other_revision = true;
+    // Every rule of every commit looks its extensions up: index the table once.
+    type Index = std::collections::HashMap<(Kind, NfProto, &'static [u8]), Vec<&'static ExtInfo>>;
+    static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        let mut m: Index = std::collections::HashMap::new();
+        for e in EXTENSIONS {
+            m.entry((e.kind, e.family, e.name.as_bytes()))
+                .or_default()
+                .push(e);
         }
+        m
+    });
+    match index.get(&(kind, nf, name)) {
+        None => (None, false),
+        Some(revs) => (revs.iter().copied().find(|e| e.revision == revision), true),
     }
-    (None, other_revision)
 }
 
 /// `xt_find_match`/`xt_find_target` for a header's 29-byte name field: EINVAL when the name has
