@@ -1,0 +1,81 @@
+#!/bin/bash
+# B1 (BENCH.md): forwarding throughput against the number of rules.
+#   compat-tests/bench/b1.sh [--rules 0,100,1000,5000,10000,50000] [--backends LIST]
+#                            [--rounds 5] [--seconds 3] [--quick] [--json F] [--plot F.png]
+# One src -- fw -- dst per backend. fw's FORWARD chain holds N ClassBench-like rules that
+# never match the flow (the `gen` example of translator::gen), then one ACCEPT for it; policy
+# DROP. udpblast sends 60-byte UDP frames from 192.0.2.1 (8192 source ports) to
+# 198.51.100.1:9 from CPU 0 for --seconds; fw forwards on the other CPU (RPS); the figure is
+# packets per second received on dst's interface (its counters; dst drops them at ingress).
+# Backends are measured interleaved at each N. A load taking longer than --load-timeout
+# seconds (default 600) skips that backend at that N, with a note.
+set -uo pipefail
+BENCH=b1 TITLE="B1: forwarding throughput, kpps received on dst (higher is better)"
+DEFAULT_RULES=0,100,1000,5000,10000,50000 DEFAULT_BACKENDS=none,legacy,nft,bpfipt
+DEFAULT_DURATION=3
+LOAD_TIMEOUT=600
+extra_opt() { [ "$1" = --load-timeout ] && LOAD_TIMEOUT=$2 EXTRA_SHIFT=1; }
+. "$(dirname "$0")/lib.sh"
+bench_init "$@"
+
+declare -A SRC_OF FW_OF DST_OF C0MAC_OF F0MAC_OF
+live=()
+for b in "${BACKENDS[@]}"; do
+    backend_ready "$b" || continue
+    progress "namespaces for $b"
+    topo_fwd "$b"
+    SRC_OF[$b]=$SRC FW_OF[$b]=$FW DST_OF[$b]=$DST C0MAC_OF[$b]=$C0MAC F0MAC_OF[$b]=$F0MAC
+    # dst drops at its ingress, so its own stack costs fw's CPU as little as possible.
+    in_ns "$DST" nft -f - <<< "table netdev sink { chain c { type filter hook ingress device s0 priority 0; policy drop; }; }"
+    live+=("$b")
+done
+
+# blast B SECONDS DPORT [udpblast options]: sends; prints "packets seconds" received on dst.
+blast() {
+    local b="$1" secs="$2" dport="$3"; shift 3
+    local a z out
+    a=$(rx_packets "${DST_OF[$b]}" s0)
+    out=$(in_ns "${SRC_OF[$b]}" taskset -c "$SEND_CPU" "$BIN/udpblast" --dev c0 \
+        --src-mac "${C0MAC_OF[$b]}" --dst-mac "${F0MAC_OF[$b]}" --src 192.0.2.1 \
+        --dst 198.51.100.1 --dport "$dport" --sports 1024-9215 --seconds "$secs" "$@") || return 1
+    sleep 0.05 # the last frames leave fw's backlog
+    z=$(rx_packets "${DST_OF[$b]}" s0)
+    echo "$((z - a)) $(awk '{print $4}' <<< "$out")"
+}
+
+for n in "${RULES[@]}"; do
+    file=$(gen_rules "$n" --chain FORWARD --policy DROP)
+    measured=()
+    declare -A LABEL=()
+    for b in "${live[@]}"; do
+        progress "N=$n: loading $b"
+        t=$EPOCHREALTIME
+        if [ "$b" != none ]; then
+            timeout "$LOAD_TIMEOUT" bash -c "$(declare -f in_ns restore backend_env backend_tool); SHIM=$SHIM; restore $b ${FW_OF[$b]}" < "$file"
+            rc=$?
+            if [ $rc != 0 ]; then
+                [ $rc = 124 ] && note "$b at $n rules: skipped, loading took more than $LOAD_TIMEOUT s" ||
+                    note "$b at $n rules: skipped, iptables-restore failed (status $rc)"
+                continue
+            fi
+        fi
+        secs=$("$PY" -c "print(f'{$EPOCHREALTIME - $t:.1f}')")
+        LABEL[$b]=$(label "$b" "${FW_OF[$b]}")
+        # The rules must hold: a port the chain does not accept never reaches dst.
+        read -r got _ < <(blast "$b" 1 10 --count 2000)
+        if [ "$b" != none ] && [ "${got:-1}" != 0 ]; then
+            note "$b at $n rules: $got of 2000 packets to a dropped port reached dst"
+        fi
+        blast "$b" 0.3 9 >/dev/null # warm-up
+        progress "N=$n: $b loaded in ${secs}s"
+        measured+=("$b")
+    done
+    for r in $(seq 1 "$ROUNDS"); do
+        for b in "${measured[@]}"; do
+            progress "N=$n round $r/$ROUNDS: $b"
+            read -r got secs < <(blast "$b" "$DURATION" 9)
+            [ -n "${got:-}" ] && sample kpps "${LABEL[$b]}" "$n" "$("$PY" -c "print($got / $secs / 1000)")"
+        done
+    done
+done
+bench_report
