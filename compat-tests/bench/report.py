@@ -102,6 +102,11 @@ def table(rs, title, notes):
     head = ["metric", "backend", "rules", "median", "min", "max", "x legacy", "x none"]
     body = [[r["metric"], r["backend"], str(r["rules"]), num(r["median"]), num(r["min"]),
              num(r["max"]), num(r["ratio_legacy"]), num(r["ratio_none"])] for r in rs]
+    # Ratio columns only where their reference was measured.
+    keep = [i for i in range(len(head))
+            if i < 6 or any(r[("ratio_legacy", "ratio_none")[i - 6]] is not None for r in rs)]
+    head = [head[i] for i in keep]
+    body = [[c[i] for i in keep] for c in body]
     w = [max(len(c[i]) for c in [head] + body) for i in range(len(head))]
     lines = [title]
     fmt = lambda c: "  ".join(x.ljust(w[i]) if i < 2 else x.rjust(w[i]) for i, x in enumerate(c))
@@ -114,8 +119,9 @@ def table(rs, title, notes):
         prev = key
         lines.append(fmt(c))
     rounds = sorted({r["rounds"] for r in rs})
-    lines.append(f"(median, min, max of {'/'.join(map(str, rounds))} interleaved rounds; "
-                 "x legacy, x none: median / that backend's median, same metric and rules)")
+    lines.append(f"(median, min, max of {'/'.join(map(str, rounds))} rounds"
+                 + ("; x legacy, x none: median / that backend's median, same metric and rules)"
+                    if len(keep) > 6 else ")"))
     for n in notes:
         lines.append("note: " + n)
     return "\n".join(lines)
