@@ -1,6 +1,8 @@
 //! BENCH.md B2: classification cost per packet with BPF_PROG_TEST_RUN, measured (not
 //! asserted). Run: `cargo test --release -p bpfipt-translator --test bench_b2 -- --ignored
-//! --nocapture`.
+//! --nocapture`, or compat-tests/bench/b2.sh for the table, JSON and plot of all benchmarks.
+//! `BPFIPT_B2_RULES` (comma-separated counts) and `BPFIPT_B2_ROUNDS` choose what runs; every
+//! round is also printed as a tab-separated `sample` line (case, rules, ns) for b2.sh.
 
 mod dpcommon;
 
@@ -11,6 +13,17 @@ use translator::abi::Hook;
 use translator::dataplane::{Dataplane, Limits, Prog, SkbCtx};
 use translator::gen;
 use translator::ir::Verdict;
+
+/// A comma-separated list from the environment, or `default`.
+fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .split(',')
+            .map(|x| x.trim().parse().expect(name))
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
 
 fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -34,8 +47,9 @@ fn b2_ns_per_packet() {
     dp.set_ifname(1, Some("eth0")).unwrap();
     let mut old = translator::compile::Image::default();
     let mut asg = translator::compile::SlotAssignment::default();
+    let rounds = env_list("BPFIPT_B2_ROUNDS", &[5])[0];
     println!("rules  compile_ms  miss_ns(med min max)  last_ns(med min max)");
-    for n in [10usize, 1000, 10000, 50000] {
+    for n in env_list("BPFIPT_B2_RULES", &[10, 1000, 10000, 50000]) {
         let mut rules = gen::classbench(n - 1, 42);
         rules.push(gen::flow_rule());
         let rs = gen::ruleset(Hook::LocalIn, &rules, Verdict::Accept);
@@ -58,11 +72,11 @@ fn b2_ns_per_packet() {
             vec![("INPUT".to_string(), n - 1)]
         );
         let mut res = Vec::new();
-        for p in [&miss_p, &last_p] {
+        for (case, p) in [("miss", &miss_p), ("last", &last_p)] {
             dp.set_local(p.dst, 32, Some(translator::layout::LOCAL_UNICAST))
                 .unwrap();
             let mut v = Vec::new();
-            for _ in 0..5 {
+            for _ in 0..rounds {
                 let r = dp
                     .test_run_repeat(
                         Prog::Ingress,
@@ -76,12 +90,13 @@ fn b2_ns_per_packet() {
                     .unwrap();
                 assert_eq!(r.retval, 0);
                 v.push(r.duration.as_nanos() as f64);
+                println!("sample\t{case}\t{n}\t{}", r.duration.as_nanos());
             }
             res.push(median(v));
         }
         let slot = asg.rule_slot("INPUT", n - 1).unwrap();
         assert!(
-            dp.counter(slot).unwrap().packets >= 500_000,
+            dp.counter(slot).unwrap().packets >= rounds as u64 * 100_000,
             "the last rule counted"
         );
         println!(
