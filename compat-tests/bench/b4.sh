@@ -1,0 +1,150 @@
+#!/bin/bash
+# B4 (BENCH.md): new TCP connections per second through FORWARD, and the memory each tracked
+# connection costs. One src -- fw -- dst per backend; fw's FORWARD chain:
+#     -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+#     -p tcp --syn --dport 80 -j ACCEPT
+#     policy DROP                                   (`none`: no rules, nothing tracked)
+# `tcpconn rate` in src opens connections to `tcpconn serve` in dst (connect, the server's one
+# byte and FIN, close) from 4 threads and 16 source addresses for --seconds: the figure is
+# completed connections per second. fw's conntrack table is flushed before each round.
+# Memory: `tcpconn hold` keeps --hold connections open; the figure is the growth of the
+# kernel's nf_conntrack slab (objects x object size, /proc/slabinfo) per entry that fw's
+# table gained (`conntrack -C`); the fixed hash table and per-entry extensions (allocated
+# only for accounting, timestamps, event listeners, helpers or NAT) are not counted. A
+# bpfipt that enforces -m conntrack itself is measured by its conntrack map instead
+# (bytes_memlock / max_entries of fw's daemon's maps named like BPFIPT_CT_MAP, default
+# "ct|conntrack"); until then bpfipt hands the table to the kernel and is labelled
+# `bpfipt(kernel fallback)`.
+#   compat-tests/bench/b4.sh [--backends none,legacy,nft,bpfipt] [--rounds 5] [--seconds 3]
+#                            [--hold 15000] [--quick] [--json F] [--plot F.png]
+set -uo pipefail
+BENCH=b4 TITLE="B4: connections through conntrack rules (conn/s: higher is better; bytes: lower)"
+DEFAULT_RULES=2 DEFAULT_BACKENDS=none,legacy,nft,bpfipt DEFAULT_DURATION=3
+HOLD=15000
+extra_opt() { [ "$1" = --hold ] && HOLD=$2 EXTRA_SHIFT=1; }
+. "$(dirname "$0")/lib.sh"
+bench_init "$@"
+[ "$QUICK" = 1 ] && HOLD=$((HOLD < 5000 ? HOLD : 5000))
+CT_MAP_RE=${BPFIPT_CT_MAP:-ct|conntrack}
+
+cat > "$WORK/rules" <<'R'
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A FORWARD -p tcp --syn --dport 80 -j ACCEPT
+COMMIT
+R
+
+declare -A SRC_OF FW_OF DST_OF LABEL SERVER
+live=()
+
+# server B [--hold]: (re)starts B's server in dst.
+server() {
+    local b="$1"; shift
+    [ -n "${SERVER[$b]:-}" ] && { kill "${SERVER[$b]}" 2>/dev/null; wait "${SERVER[$b]}" 2>/dev/null; }
+    in_ns "${DST_OF[$b]}" taskset -c "$SEND_CPU" "$BIN/tcpconn" serve --addr 198.51.100.1 \
+        --port 80 --threads 2 "$@" &
+    SERVER[$b]=$!
+    sleep 0.2
+}
+
+# rate B SECONDS [PORT]: prints "conns fails seconds".
+rate() {
+    in_ns "${SRC_OF[$1]}" taskset -c "$SEND_CPU" "$BIN/tcpconn" rate --dst 198.51.100.1 \
+        --port "${3:-80}" --src 192.0.2.1 --srcs 16 --threads 4 --seconds "$2" |
+        awk '{print $2, $4, $6}'
+}
+
+flush_ct() { [ "$1" = none ] || in_ns "${FW_OF[$1]}" conntrack -F >/dev/null 2>&1; }
+ct_count() { in_ns "${FW_OF[$1]}" conntrack -C 2>/dev/null || echo 0; }
+ct_slab() { awk '$1 == "nf_conntrack" {print $3 * $4}' /proc/slabinfo; }
+
+# bpf_ct_bytes B: bytes per entry of the conntrack maps of B's daemon, if it has any.
+bpf_ct_bytes() {
+    local pid
+    pid=$(daemon_pid "${FW_OF[$1]}")
+    [ -n "$pid" ] || return 1
+    bpftool -j map show 2>/dev/null | "$PY" -c '
+import json, re, sys
+pid, pat = int(sys.argv[1]), re.compile(sys.argv[2])
+maps = [m for m in json.load(sys.stdin)
+        if pat.search(m.get("name", "")) and any(p.get("pid") == pid for p in m.get("pids", []))]
+if not maps:
+    sys.exit(1)
+print(sum(m["bytes_memlock"] for m in maps) / sum(m["max_entries"] for m in maps))
+' "$pid" "$CT_MAP_RE"
+}
+
+for b in "${BACKENDS[@]}"; do
+    backend_ready "$b" || continue
+    progress "namespaces and rules for $b"
+    topo_fwd "$b"
+    SRC_OF[$b]=$SRC FW_OF[$b]=$FW DST_OF[$b]=$DST
+    # Client ports from the whole range: the rate test opens tens of thousands.
+    in_ns "$SRC" sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
+    if [ "$b" != none ] && ! restore "$b" "$FW" < "$WORK/rules"; then
+        note "$b: skipped, iptables-restore failed"
+        continue
+    fi
+    LABEL[$b]=$(label "$b" "$FW")
+    server "$b"
+    read -r ok fails _ < <(rate "$b" 0.5)
+    if [ "${ok:-0}" = 0 ]; then
+        note "$b: skipped, no connection went through ($fails failed)"
+        continue
+    fi
+    if [ "$b" != none ]; then
+        read -r ok _ < <(rate "$b" 1 81)
+        [ "${ok:-1}" = 0 ] || note "$b: $ok connections to port 81 went through a chain that drops them"
+    fi
+    live+=("$b")
+done
+
+for r in $(seq 1 "$ROUNDS"); do
+    for b in "${live[@]}"; do
+        progress "connection rate, round $r/$ROUNDS: ${LABEL[$b]}"
+        flush_ct "$b"
+        read -r ok fails secs < <(rate "$b" "$DURATION")
+        [ -n "${ok:-}" ] || continue
+        sample "new conn/s" "${LABEL[$b]}" 2 "$("$PY" -c "print($ok / $secs)")"
+        [ "$fails" -le $((ok / 100)) ] ||
+            note "${LABEL[$b]} round $r: $fails connections failed ($ok completed)"
+    done
+done
+
+for r in $(seq 1 "$ROUNDS"); do
+    for b in "${live[@]}"; do
+        [ "$b" = none ] && continue
+        progress "memory, round $r/$ROUNDS: ${LABEL[$b]} holding $HOLD connections"
+        server "$b" --hold
+        flush_ct "$b"
+        c0=$(ct_count "$b") s0=$(ct_slab)
+        out="$WORK/hold.$b"
+        : > "$out"
+        in_ns "${SRC_OF[$b]}" "$BIN/tcpconn" hold --dst 198.51.100.1 --port 80 --src 192.0.2.1 \
+            --srcs 16 --count "$HOLD" > "$out" &
+        client=$!
+        for _ in $(seq 1 600); do grep -q '^held' "$out" && break; sleep 0.1; done
+        sleep 0.2 # the last handshakes' ACKs reach fw
+        c1=$(ct_count "$b") s1=$(ct_slab)
+        if [ "${LABEL[$b]}" = "$b" ] && [[ "$b" == bpfipt* ]]; then
+            if per=$(bpf_ct_bytes "$b"); then
+                sample "bytes per tracked conn" "${LABEL[$b]}" 2 "$per"
+            else
+                note "$b: enforced natively but no map matching /$CT_MAP_RE/: memory not measured"
+            fi
+        elif [ "$c1" -gt "$c0" ]; then
+            sample "bytes per tracked conn" "${LABEL[$b]}" 2 "$("$PY" -c "print(($s1 - $s0) / ($c1 - $c0))")"
+        else
+            note "${LABEL[$b]} round $r: fw's conntrack table did not grow ($c0 -> $c1)"
+        fi
+        grep -q "^held $HOLD " "$out" || note "${LABEL[$b]} round $r: $(cat "$out")"
+        kill "$client" 2>/dev/null; wait "$client" 2>/dev/null
+    done
+done
+for b in "${live[@]}"; do
+    [ "$b" = none ] || server "$b" # ends the holding server
+done
+bench_report
