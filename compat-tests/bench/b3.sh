@@ -40,7 +40,8 @@ live=()
 for b in "${BACKENDS[@]}"; do
     [ "$b" = none ] && { note "none: no rules to update, not measured"; continue; }
     backend_ready "$b" || continue
-    NS_OF[$b]=$(ns_new "$b")
+    bench_ns ns "$b"
+    NS_OF[$b]=$ns
     live+=("$b")
 done
 

@@ -44,8 +44,9 @@ live=()
 server() {
     local b="$1"; shift
     [ -n "${SERVER[$b]:-}" ] && { kill "${SERVER[$b]}" 2>/dev/null; wait "${SERVER[$b]}" 2>/dev/null; }
-    in_ns "${DST_OF[$b]}" taskset -c "$SEND_CPU" "$BIN/tcpconn" serve --addr 198.51.100.1 \
-        --port 80 --threads 2 "$@" &
+    # nsenter, not in_ns: a function in the background would be a subshell, and $! its pid.
+    nsenter --net="/run/netns/${DST_OF[$b]}" taskset -c "$SEND_CPU" "$BIN/tcpconn" serve \
+        --addr 198.51.100.1 --port 80 --threads 2 "$@" &
     SERVER[$b]=$!
     sleep 0.2
 }
@@ -123,7 +124,7 @@ for r in $(seq 1 "$ROUNDS"); do
         c0=$(ct_count "$b") s0=$(ct_slab)
         out="$WORK/hold.$b"
         : > "$out"
-        in_ns "${SRC_OF[$b]}" "$BIN/tcpconn" hold --dst 198.51.100.1 --port 80 --src 192.0.2.1 \
+        nsenter --net="/run/netns/${SRC_OF[$b]}" "$BIN/tcpconn" hold --dst 198.51.100.1 --port 80 --src 192.0.2.1 \
             --srcs 16 --count "$HOLD" > "$out" &
         client=$!
         for _ in $(seq 1 600); do grep -q '^held' "$out" && break; sleep 0.1; done

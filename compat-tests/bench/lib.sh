@@ -170,12 +170,19 @@ rx_packets() { # NS DEV
         "$PY" -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["rx"]["packets"])'
 }
 
+# bench_ns VAR NAME: makes namespace NAME (removed at exit) and sets VAR to its full name.
+# Not VAR=$(ns_new NAME): a command substitution is a subshell, whose E2E_NS is lost.
+bench_ns() {
+    ns_new "$2" > /dev/null
+    printf -v "$1" '%s' "$E2E_PREFIX-$2"
+}
+
 # topo_fwd TAG: namespaces src -- fw -- dst: src 192.0.2.1-16/24 on c0, fw 192.0.2.254 (f0)
 # and 198.51.100.254 (f1) forwarding, dst 198.51.100.1/24 on s0; static neighbours (no ARP
 # during a measurement); fw's receive processing on FWD_CPU (RPS), so the sender's CPU only
 # sends. Sets SRC FW DST C0MAC F0MAC.
 topo_fwd() {
-    SRC=$(ns_new "$1-s"); FW=$(ns_new "$1-f"); DST=$(ns_new "$1-d")
+    bench_ns SRC "$1-s"; bench_ns FW "$1-f"; bench_ns DST "$1-d"
     ip link add c0 netns "$SRC" type veth peer name f0 netns "$FW"
     ip link add s0 netns "$DST" type veth peer name f1 netns "$FW"
     local i

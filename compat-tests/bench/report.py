@@ -119,9 +119,10 @@ def table(rs, title, notes):
         prev = key
         lines.append(fmt(c))
     rounds = sorted({r["rounds"] for r in rs})
+    refs = ", ".join(head[6:])
     lines.append(f"(median, min, max of {'/'.join(map(str, rounds))} rounds"
-                 + ("; x legacy, x none: median / that backend's median, same metric and rules)"
-                    if len(keep) > 6 else ")"))
+                 + (f"; {refs}: median / that backend's median, same metric and rules)"
+                    if refs else ")"))
     for n in notes:
         lines.append("note: " + n)
     return "\n".join(lines)
