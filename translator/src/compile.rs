@@ -397,8 +397,11 @@ pub struct SlotAssignment {
     pending: Vec<u32>,
     next_chain: u32,
     free_chains: Vec<u32>,
-    /// Port interval boundaries the chain indexes were built with, and the port classes.
+    /// Port interval boundaries the chain indexes were built with, the class id of the
+    /// interval starting at each, the next fresh id, and the `ports` array they make.
     bounds: Arc<[BTreeSet<u32>; 2]>,
+    classes: Arc<[BTreeMap<u32, u32>; 2]>,
+    next_class: u32,
     ports: Arc<Vec<u32>>,
 }
 
@@ -1005,14 +1008,17 @@ pub fn compile(
     let bounds_changed = *asg.bounds != bounds;
     let ports = if bounds_changed || asg.bounds[0].is_empty() {
         let mut ports = vec![0u32; 2 * 65536];
+        let mut classes: [BTreeMap<u32, u32>; 2] = Default::default();
         for (fi, b) in bounds.iter().enumerate() {
-            let starts: Vec<u32> = b.iter().copied().filter(|p| *p < 65536).collect();
-            for (i, lo) in starts.iter().enumerate() {
-                let hi = starts.get(i + 1).copied().unwrap_or(65536);
-                ports[fi * 65536 + *lo as usize..fi * 65536 + hi as usize].fill(*lo);
+            classes[fi] = port_classes(&asg.classes[fi], b, &mut asg.next_class);
+            let mut it = classes[fi].iter().peekable();
+            while let Some((lo, cls)) = it.next() {
+                let hi = it.peek().map_or(65536, |(h, _)| **h);
+                ports[fi * 65536 + *lo as usize..fi * 65536 + hi as usize].fill(*cls);
             }
         }
         asg.bounds = Arc::new(bounds);
+        asg.classes = Arc::new(classes);
         Arc::new(ports)
     } else {
         prev.ports.clone()
@@ -1061,10 +1067,10 @@ pub fn compile(
                 o.index.clone()
             }
             Some(o) if !(bounds_changed && has_ports) => Arc::new(
-                update_index(id, &o.rules, &o.index, &cr, &asg.bounds)
-                    .unwrap_or_else(|| build_index(id, &cr, &asg.bounds)),
+                update_index(id, &o.rules, &o.index, &cr, &asg.classes)
+                    .unwrap_or_else(|| build_index(id, &cr, &asg.classes)),
             ),
-            _ => Arc::new(build_index(id, &cr, &asg.bounds)),
+            _ => Arc::new(build_index(id, &cr, &asg.classes)),
         };
         let mut fields = 0u32;
         for k in index.lists.keys() {
@@ -1093,6 +1099,63 @@ pub fn compile(
     asg.free = reusable;
     asg.pending = freed;
     Ok((image, asg))
+}
+
+/// Class ids of the elementary port intervals that start at `bounds` (one field; a class is
+/// an opaque id in `ports` and list keys). Ids outlive commits where they can: of the pieces
+/// of a split interval the largest keeps the old id, a merged interval takes the id of its
+/// largest old part; so a new boundary rewrites only the `ports` entries of the smaller pieces
+/// (with id = interval start, every port above the boundary was renumbered).
+fn port_classes(
+    old: &BTreeMap<u32, u32>,
+    bounds: &BTreeSet<u32>,
+    next: &mut u32,
+) -> BTreeMap<u32, u32> {
+    let starts: Vec<u32> = bounds.iter().copied().filter(|p| *p < 65536).collect();
+    let ends = |v: &[u32], i: usize| v.get(i + 1).copied().unwrap_or(65536);
+    if old.is_empty() {
+        // Fresh ids start above every port, so they never meet these.
+        *next = (*next).max(65536);
+        return starts.iter().map(|s| (*s, *s)).collect();
+    }
+    let old_starts: Vec<u32> = old.keys().copied().collect();
+    // (overlap, new interval, old interval) for every overlapping pair: both lists cover
+    // 0..65536, so one sweep finds them.
+    let mut pairs: Vec<(u32, usize, usize)> = Vec::with_capacity(starts.len() + old.len());
+    let (mut i, mut j) = (0, 0);
+    while i < starts.len() && j < old_starts.len() {
+        let (a, b) = (starts[i], ends(&starts, i));
+        let (c, d) = (old_starts[j], ends(&old_starts, j));
+        let len = b.min(d).saturating_sub(a.max(c));
+        if len > 0 {
+            pairs.push((len, i, j));
+        }
+        if b <= d {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    pairs.sort_unstable_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+    let mut id: Vec<Option<u32>> = vec![None; starts.len()];
+    let mut used = vec![false; old_starts.len()];
+    for (_, ni, oj) in pairs {
+        if id[ni].is_none() && !used[oj] {
+            id[ni] = Some(old[&old_starts[oj]]);
+            used[oj] = true;
+        }
+    }
+    starts
+        .iter()
+        .zip(id)
+        .map(|(s, c)| {
+            let c = c.unwrap_or_else(|| {
+                *next += 1;
+                *next - 1
+            });
+            (*s, c)
+        })
+        .collect()
 }
 
 /// Priorities for a chain's rules in order: kept rules keep theirs while increasing, new
@@ -1151,13 +1214,14 @@ fn mask(plen: u8) -> u32 {
 }
 
 /// The list groups (field, class, plen) a rule with `anchor` is listed in.
-fn groups(anchor: &Anchor, bounds: &[BTreeSet<u32>; 2], out: &mut Vec<(u8, u32, u32)>) {
+fn groups(anchor: &Anchor, classes: &[BTreeMap<u32, u32>; 2], out: &mut Vec<(u8, u32, u32)>) {
     match anchor {
         Anchor::Addr(f, addr, p) => out.push((*f as u8, *addr, *p as u32)),
         Anchor::Ports(f, r) => {
-            let b = &bounds[(*f == Field::Dport) as usize];
+            let b = &classes[(*f == Field::Dport) as usize];
             for (lo, hi) in r.iter() {
-                for cls in b.range(*lo as u32..=*hi as u32) {
+                // The range's bounds are boundaries: the intervals starting in it cover it.
+                for (_, cls) in b.range(*lo as u32..=*hi as u32) {
                     out.push((*f as u8, *cls, 0));
                 }
             }
@@ -1191,7 +1255,7 @@ fn update_index(
     old: &ChainRules,
     old_index: &ChainIndex,
     new: &ChainRules,
-    bounds: &[BTreeSet<u32>; 2],
+    classes: &[BTreeMap<u32, u32>; 2],
 ) -> Option<ChainIndex> {
     if addr_prefixes(old) != addr_prefixes(new) {
         return None;
@@ -1220,14 +1284,14 @@ fn update_index(
     for p in &new.placed {
         if old_by_slot.get(&p.slot) != Some(&p.prio) {
             g.clear();
-            groups(&effective(&p.anchor), bounds, &mut g);
+            groups(&effective(&p.anchor), classes, &mut g);
             affected.extend(g.iter().copied());
         }
     }
     for p in &old.placed {
         if new_by_slot.get(&p.slot) != Some(&p.prio) {
             g.clear();
-            groups(&effective(&p.anchor), bounds, &mut g);
+            groups(&effective(&p.anchor), classes, &mut g);
             affected.extend(g.iter().copied());
         }
     }
@@ -1252,7 +1316,7 @@ fn update_index(
     let mut entries: Vec<((u8, u32, u32), Cand)> = Vec::new();
     for p in &new.placed {
         g.clear();
-        groups(&effective(&p.anchor), bounds, &mut g);
+        groups(&effective(&p.anchor), classes, &mut g);
         for k in &g {
             if affected.contains(k) {
                 entries.push((
@@ -1309,7 +1373,7 @@ fn insert_lists(index: &mut ChainIndex, id: u32, mut entries: Vec<((u8, u32, u32
 }
 
 /// The candidate lists and address classes of one chain.
-fn build_index(id: u32, cr: &ChainRules, bounds: &[BTreeSet<u32>; 2]) -> ChainIndex {
+fn build_index(id: u32, cr: &ChainRules, classes: &[BTreeMap<u32, u32>; 2]) -> ChainIndex {
     let mut index = ChainIndex::default();
     let mut anchors: Vec<&Anchor> = cr.placed.iter().map(|p| &p.anchor).collect();
     let float = Anchor::Float;
@@ -1381,7 +1445,7 @@ fn build_index(id: u32, cr: &ChainRules, bounds: &[BTreeSet<u32>; 2]) -> ChainIn
     let mut g = Vec::new();
     for (p, a) in cr.placed.iter().zip(anchors) {
         g.clear();
-        groups(a, bounds, &mut g);
+        groups(a, classes, &mut g);
         for k in &g {
             entries.push((
                 *k,
@@ -1490,9 +1554,58 @@ mod tests {
                 compile(&gen::ruleset(Hook::Forward, &tuples, Verdict::Drop), &asg).unwrap();
             asg = a;
             let c = &img.chains[&layout::CHAIN_FORWARD];
-            let full = build_index(layout::CHAIN_FORWARD, &c.rules, &asg.bounds);
+            let full = build_index(layout::CHAIN_FORWARD, &c.rules, &asg.classes);
             assert_eq!(*c.index, full, "round {round}");
         }
+    }
+
+    #[test]
+    fn a_new_port_boundary_renumbers_only_the_smaller_pieces() {
+        let t = |lo, hi| gen::Tuple {
+            src: (0, 0),
+            dst: (0, 0),
+            proto: 6,
+            sport: (0, 65535),
+            dport: (lo, hi),
+            accept: true,
+        };
+        let port_changes = |new: &Image, old: &Image| {
+            new.diff(old)
+                .iter()
+                .filter(|c| matches!(c, Change::Port(..)))
+                .count()
+        };
+        // Narrow enough to be the rules' anchor (a wider range would lose to `-p tcp`).
+        let mut tuples = vec![t(1000, 8999)];
+        let rs = |t: &[gen::Tuple]| gen::ruleset(Hook::Forward, t, Verdict::Drop);
+        let (img0, asg) = compile(&rs(&tuples), &SlotAssignment::default()).unwrap();
+        tuples.push(t(1100, 1100));
+        let (img1, asg) = compile(&rs(&tuples), &asg).unwrap();
+        // [1000, 9000) splits into [1000, 1100), [1100, 1101) and [1101, 9000): the largest
+        // keeps its id, the other two are written (with id = start, 7900 were).
+        assert_eq!(port_changes(&img1, &img0), 100 + 1);
+        let dport = |img: &Image, p: usize| img.ports[65536 + p];
+        let cuts = [0, 1000, 1100, 1101, 9000, 65536];
+        let mut ids = HashSet::default();
+        for w in cuts.windows(2) {
+            assert!((w[0]..w[1]).all(|p| dport(&img1, p) == dport(&img1, w[0])));
+            assert!(ids.insert(dport(&img1, w[0])), "a class per interval");
+        }
+        // Each rule is listed under exactly the classes of its ports.
+        let listed = |img: &Image, cls: u32| {
+            img.chains[&layout::CHAIN_FORWARD]
+                .index
+                .lists
+                .keys()
+                .any(|k| k.field == Field::Dport as u8 && k.cls == cls)
+        };
+        assert!(listed(&img1, dport(&img1, 1100)) && listed(&img1, dport(&img1, 1050)));
+        assert!(!listed(&img1, dport(&img1, 999)) && !listed(&img1, dport(&img1, 9000)));
+        // Removing the rule merges the pieces back under the largest one's id.
+        tuples.pop();
+        let (img2, _) = compile(&rs(&tuples), &asg).unwrap();
+        assert_eq!(port_changes(&img2, &img1), 100 + 1);
+        assert_eq!(img2.ports, img0.ports);
     }
 
     #[test]
