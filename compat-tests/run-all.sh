@@ -24,6 +24,16 @@ step "counters" "$here/counters.sh"
 step "datapath" "$here/datapath.sh"
 step "fuzz (60 s)" "$here/fuzz.sh" 60
 
+# The benchmarks measure (compat-tests/bench, BENCH.md); here only that they still run: one
+# round of tiny sizes each.
+bench_smoke() {
+    local b
+    for b in b1 b2 b3 b4; do
+        "$here/bench/$b.sh" --smoke > /dev/null || { echo "bench/$b.sh --smoke failed"; return 1; }
+    done
+}
+step "benchmarks (smoke)" bench_smoke
+
 upstream() {
     local k s
     k=$("$here/upstream.sh" --kernel) || return 1

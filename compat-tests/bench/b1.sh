@@ -11,7 +11,7 @@
 # seconds (default 600) skips that backend at that N, with a note.
 set -uo pipefail
 BENCH=b1 TITLE="B1: forwarding throughput, kpps received on dst (higher is better)"
-DEFAULT_RULES=0,100,1000,5000,10000,50000 DEFAULT_BACKENDS=none,legacy,nft,bpfipt
+SMOKE_RULES=0,100 DEFAULT_RULES=0,100,1000,5000,10000,50000 DEFAULT_BACKENDS=none,legacy,nft,bpfipt
 DEFAULT_DURATION=3
 LOAD_TIMEOUT=600
 extra_opt() { [ "$1" = --load-timeout ] && LOAD_TIMEOUT=$2 EXTRA_SHIFT=1; }

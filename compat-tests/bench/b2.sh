@@ -8,7 +8,7 @@
 #   compat-tests/bench/b2.sh [--rules 10,1000,10000,50000] [--rounds 5] [--json F] [--plot F.png]
 set -uo pipefail
 BENCH=b2 TITLE="B2: classification cost, ns per packet (BPF_PROG_TEST_RUN; lower is better)"
-DEFAULT_RULES=10,1000,10000,50000 DEFAULT_BACKENDS=bpfipt DEFAULT_DURATION=1
+SMOKE_RULES=10,100 DEFAULT_RULES=10,1000,10000,50000 DEFAULT_BACKENDS=bpfipt DEFAULT_DURATION=1
 . "$(dirname "$0")/lib.sh"
 bench_init "$@"
 [ "${BACKENDS[*]}" = bpfipt ] || { echo "$0: B2 measures bpfipt only" >&2; exit 2; }

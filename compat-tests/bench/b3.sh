@@ -9,7 +9,7 @@
 #                            [--rounds 5] [--quick] [--json F] [--plot F.png]
 set -uo pipefail
 BENCH=b3 TITLE="B3: rule update latency, ms of wall time (lower is better)"
-DEFAULT_RULES=0,1000,10000 DEFAULT_BACKENDS=legacy,nft,bpfipt DEFAULT_DURATION=1
+SMOKE_RULES=0,100 DEFAULT_RULES=0,1000,10000 DEFAULT_BACKENDS=legacy,nft,bpfipt DEFAULT_DURATION=1
 . "$(dirname "$0")/lib.sh"
 bench_init "$@"
 

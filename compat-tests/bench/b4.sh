@@ -19,12 +19,13 @@
 #                            [--hold 15000] [--quick] [--json F] [--plot F.png]
 set -uo pipefail
 BENCH=b4 TITLE="B4: connections through conntrack rules (conn/s: higher is better; bytes: lower)"
-DEFAULT_RULES=2 DEFAULT_BACKENDS=none,legacy,nft,bpfipt DEFAULT_DURATION=3
+SMOKE_RULES=2 DEFAULT_RULES=2 DEFAULT_BACKENDS=none,legacy,nft,bpfipt DEFAULT_DURATION=3
 HOLD=15000
 extra_opt() { [ "$1" = --hold ] && HOLD=$2 EXTRA_SHIFT=1; }
 . "$(dirname "$0")/lib.sh"
 bench_init "$@"
 [ "$QUICK" = 1 ] && HOLD=$((HOLD < 5000 ? HOLD : 5000))
+[ "$SMOKE" = 1 ] && HOLD=200
 CT_MAP_RE=${BPFIPT_CT_MAP:-ct|conntrack}
 
 cat > "$WORK/rules" <<'R'

@@ -21,7 +21,9 @@ Common options:
   --rules LIST     rule counts, comma-separated (default $DEFAULT_RULES)
   --backends LIST  of: ${ALL_BACKENDS// /, } (default $DEFAULT_BACKENDS)
   --seconds S      length of one measurement (default $DEFAULT_DURATION)
-  --quick          3 rounds, shorter measurements (a smoke run, not for reporting)
+  --quick          3 rounds, shorter measurements (a first look, not for reporting)
+  --smoke          1 round, tiny sizes: only that the benchmark still runs (run-all.sh);
+                   fails when a backend gave no sample
   --json FILE      also write the table as JSON
   --plot FILE.png  also plot median against rule count, one line per backend
 EOF
@@ -29,7 +31,7 @@ EOF
 
 bench_init() {
     ROUNDS=5 RULES=$DEFAULT_RULES BACKENDS=$DEFAULT_BACKENDS DURATION=$DEFAULT_DURATION
-    JSON="" PLOT="" QUICK=0 BENCH_ARGS="$*"
+    JSON="" PLOT="" QUICK=0 SMOKE=0 BENCH_ARGS="$*"
     while [ $# -gt 0 ]; do
         case "$1" in
             --rounds) ROUNDS=$2; shift ;;
@@ -37,6 +39,7 @@ bench_init() {
             --backends) BACKENDS=$2; shift ;;
             --seconds) DURATION=$2; shift ;;
             --quick) QUICK=1 ;;
+            --smoke) SMOKE=1 ;;
             --json) JSON=$(realpath -m "$2"); shift ;;
             --plot) PLOT=$(realpath -m "$2"); shift ;;
             -h|--help) bench_usage; exit 0 ;;
@@ -52,6 +55,10 @@ bench_init() {
     if [ "$QUICK" = 1 ]; then
         ROUNDS=3
         DURATION=$("$PY" -c "print(min($DURATION, 1))")
+    fi
+    if [ "$SMOKE" = 1 ]; then
+        ROUNDS=1 RULES=$SMOKE_RULES
+        DURATION=$("$PY" -c "print(min($DURATION, 0.3))")
     fi
     RULES=(${RULES//,/ })
     BACKENDS=(${BACKENDS//,/ })
@@ -217,7 +224,14 @@ bench_report() {
     "$PY" "$BENCH_DIR/report.py" --title "$TITLE" --samples "$SAMPLES" --notes "$NOTES" \
         --backends "$(IFS=,; echo "${BACKENDS[*]}")" ${JSON:+--json "$JSON"} \
         ${PLOT:+--plot "$PLOT"} --command "compat-tests/bench/$(basename "$0") $BENCH_ARGS" "$@"
-    local rc=$?
+    local rc=$? b
     "$PY" -c "print(f'runtime: {$EPOCHREALTIME - $T0:.0f} s')"
+    if [ "$SMOKE" = 1 ]; then
+        for b in "${BACKENDS[@]}"; do
+            [ "$b" = bpfipt-xdp ] && continue
+            [ "$BENCH" = b3 ] && [ "$b" = none ] && continue
+            cut -f2 "$SAMPLES" | grep -q "^$b" || { echo "smoke: no sample of $b" >&2; rc=1; }
+        done
+    fi
     return $rc
 }
