@@ -134,10 +134,14 @@ def plot(rs, metrics, backends, title, out, lines_by):
     import matplotlib.pyplot as plt
 
     groups = [None] if lines_by == "metric" else metrics
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups), 4.6), squeeze=False)
+    cols = min(len(groups), 2)
+    rows_ = (len(groups) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_, cols, figsize=(6.4 * cols, 4.2 * rows_ + 0.6), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
     colours = {"none": "tab:gray", "legacy": "tab:blue", "nft": "tab:orange",
                "bpfipt": "tab:green", "bpfipt-xdp": "tab:red"}
-    for ax, g in zip(axes[0], groups):
+    for ax, g in zip(axes.flat, groups):
         sel = [r for r in rs if g is None or r["metric"] == g]
         ns = sorted({r["rules"] for r in sel})
         pos = {n: i for i, n in enumerate(ns)}
@@ -161,7 +165,8 @@ def plot(rs, metrics, backends, title, out, lines_by):
             ax.set_yscale("log")
         ax.set_xticks(range(len(ns)), [str(n) for n in ns])
         ax.set_xlabel("rules in the chain")
-        ax.set_ylabel(g if g is not None else sel[0]["metric"])
+        # One axis for several metrics: their common unit ("ns" of "ns, miss (policy)").
+        ax.set_ylabel(g if g is not None else sel[0]["metric"].split(",")[0])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     m = machine()
