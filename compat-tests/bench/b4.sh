@@ -41,10 +41,18 @@ R
 declare -A SRC_OF FW_OF DST_OF LABEL SERVER
 live=()
 
+# stop_server B: stops B's server in dst, if one runs.
+stop_server() {
+    [ -n "${SERVER[$1]:-}" ] || return 0
+    kill "${SERVER[$1]}" 2>/dev/null
+    wait "${SERVER[$1]}" 2>/dev/null
+    SERVER[$1]=""
+}
+
 # server B [--hold]: (re)starts B's server in dst.
 server() {
     local b="$1"; shift
-    [ -n "${SERVER[$b]:-}" ] && { kill "${SERVER[$b]}" 2>/dev/null; wait "${SERVER[$b]}" 2>/dev/null; }
+    stop_server "$b"
     # nsenter, not in_ns: a function in the background would be a subshell, and $! its pid.
     nsenter --net="/run/netns/${DST_OF[$b]}" taskset -c "$SEND_CPU" "$BIN/tcpconn" serve \
         --addr 198.51.100.1 --port 80 --threads 2 "$@" &
@@ -146,7 +154,7 @@ for r in $(seq 1 "$ROUNDS"); do
         kill "$client" 2>/dev/null; wait "$client" 2>/dev/null
     done
 done
-for b in "${live[@]}"; do
-    [ "$b" = none ] || server "$b" # ends the holding server
+for b in "${BACKENDS[@]}"; do
+    stop_server "$b"
 done
 bench_report
