@@ -115,7 +115,8 @@ struct pkt {
 	__u32 out_hash;
 	__u8 has_in;
 	__u8 has_out;
-	__u8 pad[2];
+	__u8 more_frags;	/* IP_MF */
+	__u8 udp_csum0;	/* UDP without checksum (check field 0) */
 };
 
 struct head {

@@ -74,6 +74,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	p->ttl = ip->ttl;
 	p->tos = ip->tos;
 	p->fragoff = bpf_ntohs(ip->frag_off) & IP_OFFSET_;
+	p->more_frags = !!(bpf_ntohs(ip->frag_off) & 0x2000);
+	p->udp_csum0 = 0;
 	p->mark = skb->mark;
 	p->l4len = p->tot_len - p->ihl;
 	p->has_ports = 0;
@@ -107,6 +109,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	}
 	if (p->l4len >= 20 && (void *)(l4 + 14) <= end)
 		p->tcpflags = l4[13];
+	if (p->proto == IPPROTO_UDP && p->l4len >= 8 && (void *)(l4 + 8) <= end)
+		p->udp_csum0 = l4[6] == 0 && l4[7] == 0;
 	if (port_proto(p->proto) &&
 	    p->l4len < (p->proto == IPPROTO_TCP ? 20 : p->proto == IPPROTO_UDP ? 8 : 4))
 		/* Shorter than what the match reads (tcp_mt 20, udp_mt 8, multiport_mt 4 bytes):

@@ -16,9 +16,10 @@ static __always_inline struct state *get_state(void)
 }
 
 /* Runs the filter table for the chain `entry` and acts on its verdict. Devices: `in_dev`
- * and `out_dev` name the -i / -o devices (0: none); replies leave through `in_dev`. */
+ * and `out_dev` name the -i / -o devices (0: none); `reply_dev` is where a REJECT reply goes
+ * when the FIB cannot be asked (reject.h route_reply). */
 static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u32 half,
-				    __u32 entry, __u32 in_dev, __u32 out_dev)
+				    __u32 entry, __u32 in_dev, __u32 out_dev, __u32 reply_dev)
 {
 	__u32 idx = half * BPFIPT_MAX_CHAINS + entry;
 	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
@@ -48,7 +49,7 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 	classify(st, half, entry);
 	count_reason(st->reason);
 	if (st->reject)
-		return do_reject(skb, st, st->reject - 1, in_dev);
+		return do_reject(skb, st, st->reject - 1, entry == BPFIPT_CHAIN_INPUT, reply_dev);
 	return st->verdict;
 }
 
@@ -95,7 +96,8 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
 		return TC_ACT_OK;
 	}
-	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0);
+	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0,
+			skb->ifindex);
 }
 
 static __always_inline int hook_egress(struct __sk_buff *skb)
@@ -126,7 +128,8 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 		entry = BPFIPT_CHAIN_FORWARD;
 		in_ifindex = skb->ingress_ifindex;
 	}
-	return run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex);
+	return run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex,
+			in_ifindex ? in_ifindex : skb->ifindex);
 }
 
 #endif

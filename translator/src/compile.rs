@@ -70,8 +70,10 @@ const fn t(name: &'static str, revision: u8) -> Matcher {
 pub const MATCHERS: &[Matcher] = &[
     m("ip.src", 0, HOOKS_ALL),
     m("ip.dst", 0, HOOKS_ALL),
-    m("ip.iniface", 0, HOOK_IN | HOOK_FWD),
-    m("ip.outiface", 0, HOOK_FWD | HOOK_OUT),
+    // OUTPUT has no input device and INPUT no output device: the kernel compares the empty
+    // name (nulldevname), which the datapath does too.
+    m("ip.iniface", 0, HOOKS_ALL),
+    m("ip.outiface", 0, HOOKS_ALL),
     m("ip.proto", 0, HOOKS_ALL),
     m("ip.frag", 0, HOOKS_ALL),
     m("tcp", 0, HOOKS_ALL),
@@ -497,7 +499,8 @@ fn contiguous(mask: u32) -> Option<u8> {
 /// The exact interface name a mask selects (iptables' mask covers the name and its NUL).
 fn exact_iface(name: &[u8; 16], mask: &[u8; 16]) -> Option<[u8; 16]> {
     let l = name.iter().position(|b| *b == 0)?;
-    if mask[..=l].iter().all(|b| *b == 0xff) {
+    // The empty name is what a hook without that device compares: no class to look up.
+    if l > 0 && mask[..=l].iter().all(|b| *b == 0xff) {
         let mut n = [0u8; 16];
         n[..l].copy_from_slice(&name[..l]);
         Some(n)

@@ -162,6 +162,54 @@ const CASES: &[Case] = &[
         },
     },
     Case {
+        // The kernel compares a missing device as the empty name (nulldevname) under the
+        // rule's mask: `-i eth0` never matches in OUTPUT, `! -i eth0` and `-i +` always do.
+        // Checked with iptables-legacy in user chains reached from INPUT and OUTPUT.
+        name: "-i on OUTPUT and -o on INPUT: the empty name",
+        covers: &["ip.iniface", "ip.outiface"],
+        hooks: &[H::In, H::Out],
+        run: |h| {
+            let on_in = h == H::In;
+            let io = |proto: u8, src: &str, iif: &str, oif: &str| {
+                with(pkt(proto, src, "10.9.0.1"), |p| {
+                    p.iif = iif.into();
+                    p.oif = oif.into();
+                })
+            };
+            let (dr_in, dr_out) = if on_in {
+                (Drop, Accept)
+            } else {
+                (Accept, Drop)
+            };
+            (
+                vec![
+                    rule().iif("eth0", false).proto(17, false).drop(),
+                    rule().oif("eth1", true).proto(6, false).drop(),
+                    rule()
+                        .iif("+", false)
+                        .src("10.0.0.1", "255.255.255.255", false)
+                        .drop(),
+                    rule().oif("+", true).proto(47, false).drop(),
+                    rule().iif("e+", true).proto(132, false).drop(),
+                    rule().oif("e+", false).proto(33, false).drop(),
+                ],
+                vec![
+                    (io(17, "1.1.1.1", "eth0", "eth1"), dr_in.clone()),
+                    (io(17, "1.1.1.1", "eth2", "eth1"), Accept),
+                    (io(6, "1.1.1.1", "eth0", "eth1"), dr_in),
+                    (io(6, "1.1.1.1", "eth0", "eth2"), Drop),
+                    (io(1, "10.0.0.1", "eth0", "eth1"), Drop),
+                    (io(1, "10.0.0.2", "eth0", "eth1"), Accept),
+                    (io(47, "1.1.1.1", "eth0", "eth1"), Accept),
+                    (io(132, "1.1.1.1", "eth0", "eth1"), dr_out.clone()),
+                    (io(132, "1.1.1.1", "wlan0", "eth1"), Drop),
+                    (io(33, "1.1.1.1", "eth0", "eth1"), dr_out),
+                    (io(33, "1.1.1.1", "eth0", "wlan0"), Accept),
+                ],
+            )
+        },
+    },
+    Case {
         name: "protocol by number, negated, 0 (all)",
         covers: &["ip.proto"],
         hooks: ALL,

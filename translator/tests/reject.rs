@@ -238,10 +238,20 @@ fn no_reply_cases() {
         no(&with_flags(pkt(6, "192.0.2.77", "192.0.2.1"), 0x04));
         // Only the first fragment is answered.
         no(&with_frag(pkt(17, "192.0.2.77", "192.0.2.1"), 0x0010));
-        // No ICMP error about an ICMP error.
-        let mut e = pkt(1, "192.0.2.77", "192.0.2.1");
-        e.icmp = (3, 1);
-        no(&e);
+        // No ICMP error about an ICMP error; the unassigned types 1, 2, 6, 7, 9, 10 and those
+        // above 18 count as errors (kernel 6.18: `-p icmp -j REJECT` in INPUT answered types
+        // 0, 8 and 13..=18 of 0..=19, 40, 255, and nothing else).
+        for t in [1u8, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 19, 40, 255] {
+            let mut e = pkt(1, "192.0.2.77", "192.0.2.1");
+            e.icmp = (t, 1);
+            no(&e);
+        }
+        for t in [0u8, 13, 14, 15, 16, 17, 18] {
+            let mut e = pkt(1, "192.0.2.77", "192.0.2.1");
+            e.icmp = (t, 0);
+            let (ret, _, _) = hn.run_raw(H::In, &e);
+            assert_eq!(ret, TC_ACT_REDIRECT, "icmp type {t}");
+        }
         // Not to broadcast or multicast destinations.
         no(&pkt(17, "192.0.2.77", "255.255.255.255"));
         no(&pkt(17, "192.0.2.77", "224.0.0.5"));
