@@ -120,6 +120,8 @@ struct bpfipt_chain {
 
 /* The table has rules on interface names: look the devices' names up. */
 #define BPFIPT_CHAIN_NEEDS_IFNAMES 0x0001
+/* The table has --tcp-option rules: read a TCP packet's options. */
+#define BPFIPT_CHAIN_NEEDS_TCPOPTS 0x0002
 
 /* lists: HASH, a chunk of the candidate list of one class of one field of one chain. */
 struct bpfipt_list_key {
@@ -196,7 +198,8 @@ struct bpfipt_match {
 			__u16 dpts[2];
 			__u8 flg_mask;
 			__u8 flg_cmp;
-		} tcp;	/* also udp (flags unused) */
+			__u8 option;	/* --tcp-option kind, 0: none */
+		} tcp;	/* also udp (flags and option unused) */
 		struct {
 			__u8 type;
 			__u8 code[2];
@@ -228,6 +231,7 @@ struct bpfipt_match {
 #define BPFIPT_INV_DPT 0x02	/* tcp/udp --dport, iprange --dst-range */
 #define BPFIPT_INV_FLAGS 0x04	/* tcp --tcp-flags */
 #define BPFIPT_INV_ANY 0x08	/* icmp, multiport, mark, length */
+#define BPFIPT_INV_OPTION 0x40	/* tcp --tcp-option */
 #define BPFIPT_IPRANGE_SRC 0x10
 #define BPFIPT_IPRANGE_DST 0x20
 

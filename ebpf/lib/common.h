@@ -117,6 +117,11 @@ struct pkt {
 	__u8 has_out;
 	__u8 more_frags;	/* IP_MF */
 	__u8 udp_csum0;	/* UDP without checksum (check field 0) */
+	__u8 tcpdoff;	/* TCP header length in bytes (doff * 4) */
+	__u8 optlen;	/* option bytes read into opts (when the table needs them) */
+	__u8 opts_ok;	/* all doff * 4 - 20 option bytes are in the packet */
+	__u8 pad2;
+	__u8 opts[64];	/* the options, and the byte after them (tcp_find_option reads it) */
 };
 
 struct head {

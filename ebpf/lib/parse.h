@@ -107,8 +107,13 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 		p->icmp_type = l4[0];
 		p->icmp_code = l4[1];
 	}
-	if (p->l4len >= 20 && (void *)(l4 + 14) <= end)
+	p->tcpdoff = 0;
+	p->optlen = 0;
+	p->opts_ok = 0;
+	if (p->l4len >= 20 && (void *)(l4 + 14) <= end) {
 		p->tcpflags = l4[13];
+		p->tcpdoff = (l4[12] >> 4) * 4;
+	}
 	if (p->proto == IPPROTO_UDP && p->l4len >= 8 && (void *)(l4 + 8) <= end)
 		p->udp_csum0 = l4[6] == 0 && l4[7] == 0;
 	if (port_proto(p->proto) &&
@@ -118,6 +123,29 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 		 * candidate (the TRUNC list). */
 		p->trunc_ports = 1;
 	return PARSE_OK;
+}
+
+/* The TCP options of st->p (tcp_find_option's skb_header_pointer), for --tcp-option. */
+static __always_inline void load_tcp_options(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 len, n;
+
+	if (p->proto != IPPROTO_TCP || p->fragoff || p->tcpdoff <= 20)
+		return;
+	len = p->tcpdoff - 20;
+	p->opts_ok = p->l4len >= p->tcpdoff;
+	if (!p->opts_ok)
+		return;
+	/* and the byte after them, when there is one */
+	n = p->l4len > p->tcpdoff ? len + 1 : len;
+	if (n < 1 || n > 41)
+		return;
+	__builtin_memset(p->opts, 0, sizeof(p->opts));
+	if (bpf_skb_load_bytes(skb, ETH_HLEN_ + (p->ihl & 0x3c) + 20, p->opts, n) < 0) {
+		p->opts_ok = 0;
+		return;
+	}
+	p->optlen = len;
 }
 
 #endif

@@ -46,6 +46,8 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 		if (out_dev)
 			st->p.has_out = ifname_of(out_dev, st->p.out, &st->p.out_hash);
 	}
+	if (c->needs & BPFIPT_CHAIN_NEEDS_TCPOPTS)
+		load_tcp_options(skb, &st->p);
 	classify(st, half, entry);
 	count_reason(st->reason);
 	if (st->reject)

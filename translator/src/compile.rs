@@ -528,11 +528,12 @@ fn lower_match(
     match &typed {
         Match::Comment(_) => return Ok(()),
         Match::Tcp(t) => {
-            if t.option != 0 || t.option_inv {
-                return Err(Why::Option("--tcp-option"));
-            }
             mr.kind = kind::TCP;
             mr.inv = (t.sport_inv as u8) | (t.dport_inv as u8) << 1 | (t.flags_inv as u8) << 2;
+            if t.option_inv {
+                mr.inv |= linv::OPTION;
+            }
+            mr.put_u8(10, t.option);
             mr.put_u16(0, *t.sport.start());
             mr.put_u16(2, *t.sport.end());
             mr.put_u16(4, *t.dport.start());
@@ -1030,6 +1031,14 @@ pub fn compile(
             .iter()
             .any(|p| p.rec.need & (need::IIF | need::OIF) != 0)
     });
+    // --tcp-option: the datapath reads a TCP packet's options once per packet, and only then.
+    let tcpopts = rules_of.iter().any(|cr| {
+        cr.placed.iter().any(|p| {
+            p.rec.m[..p.rec.nmatch as usize]
+                .iter()
+                .any(|m| m.kind == kind::TCP && m.u8_at(10) != 0)
+        })
+    });
     for (ci, c) in rs.chains.iter().enumerate() {
         let cr = rules_of[ci].clone();
         let id = chain_id[ci];
@@ -1078,8 +1087,16 @@ pub fn compile(
             tail_slot,
             policy,
             skip: (c.hook.is_some() && c.rules.is_empty() && policy == target::ACCEPT) as u8,
-            needs: if ifnames && c.hook.is_some() {
-                layout::CHAIN_NEEDS_IFNAMES
+            needs: if c.hook.is_some() {
+                (if ifnames {
+                    layout::CHAIN_NEEDS_IFNAMES
+                } else {
+                    0
+                }) | (if tcpopts {
+                    layout::CHAIN_NEEDS_TCPOPTS
+                } else {
+                    0
+                })
             } else {
                 0
             },

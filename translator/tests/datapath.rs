@@ -325,6 +325,59 @@ const CASES: &[Case] = &[
         },
     },
     Case {
+        // tcp_find_option: EOL/NOP one byte, other kinds by their length (0 steps one);
+        // a data offset below 5 or beyond the packet hotdrops once the ports and flags match.
+        name: "tcp --tcp-option, negated, lengths, malformed options",
+        covers: &["tcp"],
+        hooks: ALL,
+        run: |_| {
+            let t = |dport: u16, opts: &[u8], doff: Option<u8>| {
+                with(tc("10.0.0.1", "10.9.0.1"), |p| {
+                    p.dport = dport;
+                    p.tcp_opts = opts.to_vec();
+                    p.tcp_doff = doff;
+                })
+            };
+            let any = (0, 65535);
+            (
+                vec![
+                    rule()
+                        .proto(6, false)
+                        .m(tcp_opt(any, any, (0, 0), 8, 0))
+                        .drop(),
+                    rule()
+                        .proto(6, false)
+                        .m(tcp_opt(any, (22, 22), (0, 0), 2, 0x08))
+                        .drop(),
+                    rule()
+                        .proto(6, false)
+                        .m(tcp_opt(any, (23, 23), (0, 0), 3, 0))
+                        .accept(),
+                    rule()
+                        .proto(6, false)
+                        .m(tcp((0, 65535), (23, 23), (0, 0), 0))
+                        .drop(),
+                ],
+                vec![
+                    (t(80, &[], None), Accept),
+                    (t(80, &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0], None), Drop),
+                    (t(80, &[2, 4, 5, 0xb4], None), Accept),
+                    (t(80, &[2, 10, 8, 8, 8, 8, 8, 8, 8, 8, 1, 1], None), Accept),
+                    (t(80, &[3, 0, 8, 1], None), Drop),
+                    (t(80, &[0, 8, 1, 1], None), Drop),
+                    (t(80, &[], Some(4)), Drop),
+                    (t(80, &[1, 1, 1, 1], Some(15)), Drop),
+                    (t(22, &[2, 4, 5, 0xb4], None), Accept),
+                    (t(22, &[], None), Drop),
+                    (t(22, &[], Some(3)), Drop),
+                    (t(23, &[1, 1, 1, 3], None), Accept),
+                    (t(23, &[], None), Drop),
+                    (t(24, &[], Some(2)), Drop),
+                ],
+            )
+        },
+    },
+    Case {
         name: "tcp on fragments with an ACCEPT rule",
         covers: &["tcp"],
         hooks: ALL,
