@@ -98,7 +98,8 @@ enum bpfipt_reason {
 	BPFIPT_R_REJECT_SENT = 12,
 	BPFIPT_R_REJECT_NO_REPLY = 13,
 	BPFIPT_R_NO_STATE = 14,
-	BPFIPT_NREASONS = 15,
+	BPFIPT_R_FRAG_PENDING = 15,	/* a fragment for INPUT, passed on to reassembly */
+	BPFIPT_NREASONS = 16,
 };
 
 /* config: ARRAY, one entry, not halved. */

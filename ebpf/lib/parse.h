@@ -75,6 +75,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	p->tos = ip->tos;
 	p->fragoff = bpf_ntohs(ip->frag_off) & IP_OFFSET_;
 	p->more_frags = !!(bpf_ntohs(ip->frag_off) & 0x2000);
+	p->ipid = bpf_ntohs(ip->id);
+	p->reasm = 0;
 	p->udp_csum0 = 0;
 	p->mark = skb->mark;
 	p->l4len = p->tot_len - p->ihl;
@@ -130,7 +132,7 @@ static __always_inline void load_tcp_options(struct __sk_buff *skb, struct pkt *
 {
 	__u32 len, n;
 
-	if (p->proto != IPPROTO_TCP || p->fragoff || p->tcpdoff <= 20)
+	if (p->proto != IPPROTO_TCP || p->fragoff || p->tcpdoff <= 20 || p->reasm)
 		return;
 	len = p->tcpdoff - 20;
 	p->opts_ok = p->l4len >= p->tcpdoff;

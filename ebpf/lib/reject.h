@@ -206,9 +206,12 @@ static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt 
 		quoted = ICMP_QUOTE_MAX;
 	if (quoted < 20)
 		return TC_ACT_SHOT;
-	__builtin_memset(buf, 0, ICMP_REPLY_MAX);
-	if (bpf_skb_load_bytes(skb, ETH_HLEN_, buf, quoted) < 0)
-		return TC_ACT_SHOT;
+	/* A reassembled datagram: frag.h left its first bytes in buf, zeros after them. */
+	if (!p->reasm) {
+		__builtin_memset(buf, 0, ICMP_REPLY_MAX);
+		if (bpf_skb_load_bytes(skb, ETH_HLEN_, buf, quoted) < 0)
+			return TC_ACT_SHOT;
+	}
 	if (bpf_skb_change_tail(skb, ETH_HLEN_ + quoted, 0) < 0)
 		return TC_ACT_SHOT;
 	if (bpf_skb_adjust_room(skb, 28, BPF_ADJ_ROOM_MAC, 0) < 0)
@@ -241,6 +244,9 @@ static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt 
 	h.csum = csum_fold32(sum);
 	if (bpf_skb_store_bytes(skb, ETH_HLEN_, &h, sizeof(h), 0) < 0)
 		return TC_ACT_SHOT;
+	if (p->reasm && (quoted > ICMP_QUOTE_MAX ||
+			 bpf_skb_store_bytes(skb, ETH_HLEN_ + sizeof(h), buf, quoted, 0) < 0))
+		return TC_ACT_SHOT;
 	return send_reply(skb, &rt);
 }
 
@@ -269,8 +275,16 @@ static __always_inline int send_reset(struct __sk_buff *skb, const struct pkt *p
 	 * (a non-local source is allowed: FLOWI_FLAG_ANYSRC). */
 	if (route_reply(skb, p->daddr, p->saddr, 0, fallback_dev, &rt) < 0)
 		return TC_ACT_SHOT;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN_ + (p->ihl & 0x3c), &oth, sizeof(oth)) < 0)
+	if (p->reasm) {
+		__u32 zero = 0;
+		__u8 *buf = bpf_map_lookup_elem(&reject_buf, &zero);
+
+		if (!buf)
+			return TC_ACT_SHOT;
+		__builtin_memcpy(&oth, buf + (p->ihl & 0x3c), sizeof(oth));
+	} else if (bpf_skb_load_bytes(skb, ETH_HLEN_ + (p->ihl & 0x3c), &oth, sizeof(oth)) < 0) {
 		return TC_ACT_SHOT;
+	}
 	if (oth.flags & 0x04)	/* no RST for RST */
 		return TC_ACT_SHOT;
 	th.source = oth.dest;

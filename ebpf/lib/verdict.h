@@ -7,6 +7,7 @@
 #include "parse.h"
 #include "classify.h"
 #include "reject.h"
+#include "frag.h"
 
 static __always_inline struct state *get_state(void)
 {
@@ -97,6 +98,15 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 	if (!local_kind(st->p.daddr)) {
 		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
 		return TC_ACT_OK;
+	}
+	if (st->p.fragoff || st->p.more_frags) {
+		/* INPUT sees datagrams reassembled (ip_local_deliver defragments before the
+		 * hook): a fragment waits for its datagram, whose last fragment to arrive
+		 * carries the verdict. */
+		if (frag_collect(skb, st, cfg->gen & 1) != FRAG_COMPLETE) {
+			count_reason(BPFIPT_R_FRAG_PENDING);
+			return TC_ACT_OK;
+		}
 	}
 	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0,
 			skb->ifindex);

@@ -11,7 +11,7 @@ use dpcommon::*;
 use translator::compile::MATCHERS;
 use translator::ir::Verdict::{Accept as A, Drop as D};
 
-use Outcome::{Accept, Drop};
+use Outcome::{Accept, Drop, Reject};
 
 /// Rules for a hook's chain, and packets with their expected outcome.
 type RulesAndPackets = (Vec<R>, Vec<(P, Outcome)>);
@@ -691,7 +691,15 @@ fn check_case(hn: &mut Harness, c: &Case, h: H) {
     let (rules, packets) = (c.run)(h);
     let rs = in_hook(h, rules);
     hn.load(&rs);
-    for (p, want) in packets {
+    for (i, (mut p, want)) in packets.into_iter().enumerate() {
+        // A fragment alone never reaches INPUT (input_classifies_reassembled_datagrams);
+        // each is its own datagram here (no two complete one).
+        let want = if h == H::In && p.frag & 0x3fff != 0 {
+            p.ip_id = 0x4000 + i as u16;
+            Accept
+        } else {
+            want
+        };
         let (refv, _) = reference(&rs, h, &p);
         assert_eq!(
             refv, want,
@@ -715,6 +723,83 @@ fn matches_on_each_hook() {
             check_case(&mut hn, c, *h);
         }
     }
+}
+
+/// INPUT sees datagrams reassembled (ip_local_deliver defragments before LOCAL_IN): each
+/// fragment goes on to reassembly, the one completing the datagram carries the verdict of the
+/// whole datagram (its length, the first fragment's transport header, `-f` false), in either
+/// arrival order; a datagram that never completes is never classified nor counted.
+#[test]
+fn input_classifies_reassembled_datagrams() {
+    if !root() {
+        return;
+    }
+    let any = (0, 65535);
+    let rs = in_hook(
+        H::In,
+        vec![
+            rule().frag(false).drop(),
+            rule()
+                .proto(17, false)
+                .m(udp(any, (53, 53), 0))
+                .m(length(80, 80, false))
+                .drop(),
+            rule().proto(17, false).m(udp(any, (54, 54), 0)).reject(3),
+        ],
+    );
+    let mut hn = Harness::new();
+    hn.load(&rs);
+    // A UDP datagram of 80 bytes in two fragments: 20 + 8 + 24, then 20 + 28 at offset 32.
+    let frags = |src: &str, dport: u16, tail: usize| {
+        let first = with(u(src, "10.9.0.1"), |p| {
+            p.dport = dport;
+            p.frag = 0x2000;
+            p.payload = 24;
+        });
+        let second = with(u(src, "10.9.0.1"), |p| {
+            p.frag = 4;
+            p.payload = tail;
+        });
+        (first, second)
+    };
+    let (a1, a2) = frags("10.0.0.1", 53, 28);
+    assert_eq!(hn.run(H::In, &a1), Accept, "first fragment: waits");
+    assert_eq!(hn.run(H::In, &a2), Drop, "80-byte datagram to port 53");
+    let (b1, b2) = frags("10.0.0.2", 53, 28);
+    assert_eq!(hn.run(H::In, &b2), Accept, "last fragment first: waits");
+    assert_eq!(hn.run(H::In, &b1), Drop, "completed by its first fragment");
+    let (c1, c2) = frags("10.0.0.3", 80, 28);
+    assert_eq!(hn.run(H::In, &c1), Accept);
+    assert_eq!(
+        hn.run(H::In, &c2),
+        Accept,
+        "-f: never true after reassembly"
+    );
+    let (d1, _) = frags("10.0.0.4", 53, 28);
+    assert_eq!(
+        hn.run(H::In, &d1),
+        Accept,
+        "never completed: never classified"
+    );
+    let (e1, e2) = frags("10.0.0.5", 53, 24);
+    assert_eq!(hn.run(H::In, &e1), Accept);
+    assert_eq!(hn.run(H::In, &e2), Accept, "76 bytes: not 80");
+    let (f1, f2) = frags("10.0.0.6", 54, 28);
+    assert_eq!(hn.run(H::In, &f1), Accept);
+    assert_eq!(hn.run(H::In, &f2), Reject(REJECTED));
+    let c = hn.counters();
+    assert_eq!(c[&("INPUT".to_string(), 0)], (0, 0), "-f");
+    assert_eq!(
+        c[&("INPUT".to_string(), 1)],
+        (2, 160),
+        "whole datagrams counted"
+    );
+    assert_eq!(c[&("INPUT".to_string(), 2)], (1, 80));
+    assert_eq!(
+        c[&("INPUT".to_string(), usize::MAX)],
+        (2, 156),
+        "policy: the datagrams of 10.0.0.3 and .5"
+    );
 }
 
 /// Coverage claimed by the tests that are not in CASES.
