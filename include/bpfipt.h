@@ -99,7 +99,8 @@ enum bpfipt_reason {
 	BPFIPT_R_REJECT_NO_REPLY = 13,
 	BPFIPT_R_NO_STATE = 14,
 	BPFIPT_R_FRAG_PENDING = 15,	/* a fragment for INPUT, passed on to reassembly */
-	BPFIPT_NREASONS = 16,
+	BPFIPT_R_FRAG_FULL = 16,	/* a fragment for INPUT dropped: too many datagrams */
+	BPFIPT_NREASONS = 17,
 };
 
 /* config: ARRAY, one entry, not halved. */

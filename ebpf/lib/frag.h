@@ -29,6 +29,7 @@ struct frag_key {
 };
 
 struct frag_val {
+	__u64 born;	/* bpf_ktime_get_ns() of the datagram's first fragment to arrive */
 	__u32 have;	/* payload bytes seen */
 	__u32 total;	/* payload length, known from the last fragment (0: not yet) */
 	__u32 first;	/* the offset 0 fragment was seen: p holds its view */
@@ -37,8 +38,12 @@ struct frag_val {
 	__u8 q[FRAG_Q_SIZE];	/* the datagram as reassembled, from its start */
 };
 
+/* A plain hash, not an LRU: an entry evicted between two fragments of its datagram would
+ * let the kernel complete the datagram unclassified. When full, entries older than the
+ * kernel's default reassembly timeout are removed; if that frees nothing the fragment is
+ * dropped (fail closed, BPFIPT_R_FRAG_FULL). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
 	__type(key, struct frag_key);
 	__type(value, struct frag_val);
@@ -52,17 +57,29 @@ struct {
 	__type(value, struct frag_val);
 } frag_zero SEC(".maps");
 
-enum { FRAG_PENDING = 0, FRAG_COMPLETE = 1 };
+enum { FRAG_PENDING = 0, FRAG_COMPLETE = 1, FRAG_FULL = 2 };
+
+/* net.ipv4.ipfrag_time's default: the kernel has given up on the datagram by then. */
+#define FRAG_TIMEOUT_NS (30ULL * 1000000000ULL)
+
+static long frag_gc(void *map, struct frag_key *k, struct frag_val *v, __u64 *now)
+{
+	if (*now - v->born > FRAG_TIMEOUT_NS)
+		bpf_map_delete_elem(map, k);
+	return 0;
+}
 
 /* Records the fragment in st->p; when it completes its datagram, st->p becomes the
  * reassembled datagram's view (and reject_buf its first bytes) and FRAG_COMPLETE is
- * returned. Overlapping fragments (the kernel drops the whole datagram) are not detected. */
+ * returned; FRAG_FULL when the datagram cannot be tracked. Overlapping fragments (the kernel
+ * drops the whole datagram) are not detected. */
 static __always_inline int frag_collect(struct __sk_buff *skb, struct state *st, __u32 half)
 {
 	struct pkt *p = &st->p;
 	struct frag_key k = {};
 	struct frag_val *v;
 	__u32 zero = 0, off, len, ihl, at, n, total;
+	__u64 now = bpf_ktime_get_ns();
 	__u8 *buf;
 
 	k.saddr = p->saddr;
@@ -70,15 +87,25 @@ static __always_inline int frag_collect(struct __sk_buff *skb, struct state *st,
 	k.id = p->ipid;
 	k.proto = p->proto;
 	v = bpf_map_lookup_elem(&frag4, &k);
+	if (v && now - v->born > FRAG_TIMEOUT_NS) {
+		/* A datagram the kernel has given up on: this fragment starts another. */
+		bpf_map_delete_elem(&frag4, &k);
+		v = NULL;
+	}
 	if (!v) {
 		struct frag_val *z = bpf_map_lookup_elem(&frag_zero, &zero);
 
 		if (!z)
-			return FRAG_PENDING;
-		bpf_map_update_elem(&frag4, &k, z, BPF_NOEXIST);
+			return FRAG_FULL;
+		if (bpf_map_update_elem(&frag4, &k, z, BPF_NOEXIST) < 0) {
+			bpf_for_each_map_elem(&frag4, frag_gc, &now, 0);
+			if (bpf_map_update_elem(&frag4, &k, z, BPF_NOEXIST) < 0)
+				return FRAG_FULL;
+		}
 		v = bpf_map_lookup_elem(&frag4, &k);
 		if (!v)
-			return FRAG_PENDING;
+			return FRAG_FULL;
+		v->born = now;
 	}
 	ihl = p->ihl & 0x3c;
 	off = (__u32)p->fragoff * 8;

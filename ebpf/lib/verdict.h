@@ -103,7 +103,12 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 		/* INPUT sees datagrams reassembled (ip_local_deliver defragments before the
 		 * hook): a fragment waits for its datagram, whose last fragment to arrive
 		 * carries the verdict. */
-		if (frag_collect(skb, st, cfg->gen & 1) != FRAG_COMPLETE) {
+		r = frag_collect(skb, st, cfg->gen & 1);
+		if (r == FRAG_FULL) {
+			count_reason(BPFIPT_R_FRAG_FULL);
+			return TC_ACT_SHOT;
+		}
+		if (r != FRAG_COMPLETE) {
 			count_reason(BPFIPT_R_FRAG_PENDING);
 			return TC_ACT_OK;
 		}

@@ -236,8 +236,19 @@ fn no_reply_cases() {
         };
         // No RST for a RST.
         no(&with_flags(pkt(6, "192.0.2.77", "192.0.2.1"), 0x04));
-        // Only the first fragment is answered.
-        no(&with_frag(pkt(17, "192.0.2.77", "192.0.2.1"), 0x0010));
+        // Only the first fragment is answered (FORWARD: INPUT sees reassembled datagrams).
+        {
+            let mut hf = harness();
+            let mut b = [(A, vec![]), (A, vec![]), (A, vec![])];
+            b[1].1 = vec![rule().reject(3)];
+            hf.load(&table(b, vec![]));
+            for frag in [0x0010u16, 0x2010] {
+                let p = with_frag(pkt(17, "192.0.2.77", "198.51.100.9"), frag);
+                let (ret, _, reasons) = hf.run_raw(H::Fwd, &p);
+                assert_eq!(ret, 2, "{p:?}");
+                assert!(reasons.contains_key(&Reason::RejectNoReply), "{reasons:?}");
+            }
+        }
         // No ICMP error about an ICMP error; the unassigned types 1, 2, 6, 7, 9, 10 and those
         // above 18 count as errors (kernel 6.18: `-p icmp -j REJECT` in INPUT answered types
         // 0, 8 and 13..=18 of 0..=19, 40, 255, and nothing else).
