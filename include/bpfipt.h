@@ -26,6 +26,8 @@
 #define BPFIPT_MAX_HEADS 20
 /* tc_index marking a reply built by REJECT: classified as OUTPUT. */
 #define BPFIPT_TC_INDEX_REPLY 0xb1f7
+/* tc_index marking the empty fragment frag.h sends to end a datagram's reassembly: passed. */
+#define BPFIPT_TC_INDEX_FRAG_KILL 0xb1f8
 
 /* Fields a rule can be indexed under (its anchor). */
 enum bpfipt_field {

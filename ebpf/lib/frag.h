@@ -184,4 +184,46 @@ drop_entry:
 	return FRAG_PENDING;
 }
 
+/* Ends the kernel's reassembly of the datagram st->p completed, when INPUT dropped or
+ * rejected it: the fragments already queued would otherwise wait for ipfrag_time, and the
+ * kernel then sends "fragment reassembly time exceeded" if the first was among them, which
+ * after an iptables DROP it never does. The skb becomes an empty fragment of the datagram
+ * (offset 0, MF): ip_frag_queue discards a fragment whose end equals its offset together
+ * with its queue (discard_qp: inet_frag_kill), silently. */
+static __always_inline int frag_to_killer(struct __sk_buff *skb, const struct pkt *p)
+{
+	void *data, *end;
+	struct iphdr *ip;
+	__be16 old_len, old_frag, new_len, new_frag;
+	__u32 ihl = p->ihl & 0x3c;
+
+	if (ihl < 20)
+		return -1;
+	if (bpf_skb_change_tail(skb, ETH_HLEN_ + ihl, 0) < 0)
+		return -1;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	ip = data + ETH_HLEN_;
+	if ((void *)(ip + 1) > end)
+		return -1;
+	old_len = ip->tot_len;
+	old_frag = ip->frag_off;
+	new_len = bpf_htons(ihl);
+	new_frag = bpf_htons(0x2000);	/* IP_MF, offset 0 */
+	ip->tot_len = new_len;
+	ip->frag_off = new_frag;
+	bpf_l3_csum_replace(skb, ETH_HLEN_ + 10, old_len, new_len, 2);
+	bpf_l3_csum_replace(skb, ETH_HLEN_ + 10, old_frag, new_frag, 2);
+	skb->tc_index = BPFIPT_TC_INDEX_FRAG_KILL;
+	return 0;
+}
+
+/* A REJECTed datagram: its skb becomes the reply, so a clone ends the reassembly. */
+static __always_inline void frag_kill_clone(struct __sk_buff *skb, const struct pkt *p)
+{
+	if (frag_to_killer(skb, p) == 0)
+		bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS);
+	skb->tc_index = 0;
+}
+
 #endif

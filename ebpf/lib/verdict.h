@@ -51,8 +51,15 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 		load_tcp_options(skb, &st->p);
 	classify(st, half, entry);
 	count_reason(st->reason);
-	if (st->reject)
+	if (st->reject) {
+		if (st->p.reasm)
+			frag_kill_clone(skb, &st->p);
 		return do_reject(skb, st, st->reject - 1, entry == BPFIPT_CHAIN_INPUT, reply_dev);
+	}
+	if (st->verdict == TC_ACT_SHOT && st->p.reasm && frag_to_killer(skb, &st->p) == 0) {
+		skb->tc_index = 0;
+		return TC_ACT_OK;
+	}
 	return st->verdict;
 }
 
@@ -97,6 +104,12 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 	}
 	if (!local_kind(st->p.daddr)) {
 		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
+		return TC_ACT_OK;
+	}
+	if (skb->tc_index == BPFIPT_TC_INDEX_FRAG_KILL) {
+		/* frag.h's empty fragment, on its way to end a reassembly. */
+		skb->tc_index = 0;
+		count_reason(BPFIPT_R_FRAG_PENDING);
 		return TC_ACT_OK;
 	}
 	if (st->p.fragoff || st->p.more_frags) {
