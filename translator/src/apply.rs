@@ -269,7 +269,7 @@ impl Datapath {
         let dp = self.dp.clone();
         self.replay = Some(std::thread::spawn(move || {
             dp.sync()?;
-            dp.write(active, &changes)
+            dp.replay(active, &changes)
         }));
         // Slots kept from the previous image continue counting: remember where they are.
         let kept: HashSet<u32> = self.slots.iter().flatten().map(|s| s.slot).collect();

@@ -820,6 +820,38 @@ fn input_classifies_reassembled_datagrams() {
     );
 }
 
+/// apply replays a commit onto the old half after the flip, grace period and reply: what
+/// the new rules count in between must stay counted (rule records are not halved).
+#[test]
+fn counts_between_flip_and_replay_are_kept() {
+    if !root() {
+        return;
+    }
+    let mut hn = Harness::new();
+    hn.load(&in_hook(H::Fwd, vec![rule().proto(6, false).accept()]));
+    let rs = in_hook(
+        H::Fwd,
+        vec![
+            rule().proto(17, false).drop(),
+            rule().proto(6, false).accept(),
+        ],
+    );
+    let (img, asg) = translator::compile::compile(&rs, &hn.asg).unwrap();
+    let changes = img.diff(&hn.img);
+    let active = hn.dp.active_half().unwrap();
+    hn.dp.write(active ^ 1, &changes).unwrap();
+    hn.dp.flip().unwrap();
+    hn.img = img;
+    hn.asg = asg;
+    hn.rs = Some(rs);
+    assert_eq!(hn.run(H::Fwd, &u("1.1.1.1", "10.9.0.1")), Drop);
+    hn.dp.sync().unwrap();
+    hn.dp.replay(active, &changes).unwrap();
+    assert_eq!(hn.run(H::Fwd, &u("1.1.1.1", "10.9.0.1")), Drop);
+    let c = hn.counters();
+    assert_eq!(c[&("FORWARD".to_string(), 0)].0, 2, "both packets counted");
+}
+
 /// Coverage claimed by the tests that are not in CASES.
 const EXTRA: &[(&str, &[H])] = &[
     ("std.jump", ALL),
