@@ -100,8 +100,10 @@ enum bpfipt_reason {
 	BPFIPT_R_REJECT_SENT = 12,
 	BPFIPT_R_REJECT_NO_REPLY = 13,
 	BPFIPT_R_NO_STATE = 14,
-	BPFIPT_R_FRAG_PENDING = 15,	/* a fragment for INPUT, passed on to reassembly */
-	BPFIPT_R_FRAG_FULL = 16,	/* a fragment for INPUT dropped: too many datagrams */
+	/* A fragment for INPUT, passed on to reassembly (frag.h). */
+	BPFIPT_R_FRAG_PENDING = 15,
+	/* A fragment for INPUT dropped: too many datagrams being reassembled. */
+	BPFIPT_R_FRAG_FULL = 16,
 	BPFIPT_NREASONS = 17,
 };
 

@@ -820,6 +820,47 @@ fn input_classifies_reassembled_datagrams() {
     );
 }
 
+/// 1024 datagrams for INPUT are followed at a time; beyond that (none older than the
+/// reassembly timeout) a new datagram's fragment is dropped: an untracked datagram would
+/// complete in the kernel unclassified. Datagrams already followed still complete.
+#[test]
+fn input_fragments_fail_closed_when_too_many_datagrams_wait() {
+    if !root() {
+        return;
+    }
+    let mut hn = Harness::new();
+    hn.load(&in_hook(
+        H::In,
+        vec![rule()
+            .proto(17, false)
+            .m(udp((0, 65535), (53, 53), 0))
+            .drop()],
+    ));
+    let first = |id: u16| {
+        with(u("10.0.0.1", "10.9.0.1"), |p| {
+            p.frag = 0x2000;
+            p.payload = 8;
+            p.ip_id = id;
+        })
+    };
+    for id in 0..1024u16 {
+        assert_eq!(hn.run(H::In, &first(id)), Accept, "datagram {id} waits");
+    }
+    let (ret, _, reasons) = hn.run_raw(H::In, &first(5000));
+    assert_eq!(ret, 2);
+    assert!(reasons.contains_key(&Reason::FragFull), "{reasons:?}");
+    // The rest of datagram 7 (16 bytes at offset 16): port 80, the policy accepts it.
+    let rest = with(u("10.0.0.1", "10.9.0.1"), |p| {
+        p.frag = 2;
+        p.payload = 16;
+        p.ip_id = 7;
+    });
+    let (ret, _, reasons) = hn.run_raw(H::In, &rest);
+    assert_eq!(ret, 0);
+    assert!(reasons.contains_key(&Reason::PolicyAccept), "{reasons:?}");
+    assert_eq!(hn.run(H::In, &first(5000)), Accept, "room again");
+}
+
 /// apply replays a commit onto the old half after the flip, grace period and reply: what
 /// the new rules count in between must stay counted (rule records are not halved).
 #[test]
