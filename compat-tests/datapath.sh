@@ -33,6 +33,22 @@ check "ping to fw over the new veth is dropped" sh -c "! ip netns exec $N ping -
 shim "$F" $IPT -F INPUT
 check "after -F, the new veth passes pings" pings "$N" 10.3.0.1
 
+# --- fragments for INPUT: whole datagrams, and a dropped one leaves no reassembly behind -----
+# With ipfrag_time=1, a datagram whose fragments wait in the kernel's queue would earn an ICMP
+# "fragment reassembly time exceeded" a second later; after an iptables DROP it never does.
+frag_fates() { # WHO(shim|kern) NAME: the ICMP errors fragsend.py sees
+    topo3 "$2"
+    ip netns exec "$F" sysctl -qw net.ipv4.ipfrag_time=1 net.ipv4.icmp_ratemask=0
+    "$1" "$F" $IPT -A INPUT -p udp --dport 53 -j DROP
+    "$1" "$F" $IPT -A INPUT -p udp --dport 54 -j REJECT
+    ip netns exec "$C" python3 "$ROOT/compat-tests/tools/fragsend.py" 10.1.0.2 10.1.0.1 2.5
+}
+kf=$(frag_fates kern frk); sf=$(frag_fates shim frs)
+check "fragments for INPUT: the ICMP errors are the kernel's ($(echo "$kf" | tr '\n' ';'))" \
+    [ "$kf" = "$sf" ]
+check "fragments for INPUT: the kernel's errors are the expected ones" \
+    [ "$kf" = "$(printf 'icmp11/1 about id 103\nicmp3/3 about id 101\nicmp3/3 about id 102')" ]
+
 # --- fallback to the kernel, silently; strict mode refuses ----------------------------------
 out=$(BPFIPT_STRICT=1 shim "$F" $IPT -A INPUT -m recent --name x --set 2>&1); rc=$?
 check "BPFIPT_STRICT=1: a rule the datapath cannot run fails (status $rc)" [ $rc != 0 ]

@@ -22,6 +22,11 @@ step "daemon" "$here/daemon.sh"
 step "package" "$here/package.sh"
 step "counters" "$here/counters.sh"
 step "datapath" "$here/datapath.sh"
+# Packets through random rulesets, the kernel against the datapath, and the counters after
+# each ruleset (about a minute); another seed with BPFIPT_DIFFTEST_SEED, more packets with
+# BPFIPT_DIFFTEST_CASES.
+step "difftest" "$here/difftest.sh" --cases "${BPFIPT_DIFFTEST_CASES:-8000}" \
+    --seed "${BPFIPT_DIFFTEST_SEED:-1}" --counters --show 3
 step "fuzz (60 s)" "$here/fuzz.sh" 60
 
 # The benchmarks measure (compat-tests/bench, BENCH.md); here only that they still run: one

@@ -26,6 +26,8 @@
 #define BPFIPT_MAX_HEADS 20
 /* tc_index marking a reply built by REJECT: classified as OUTPUT. */
 #define BPFIPT_TC_INDEX_REPLY 0xb1f7
+/* tc_index marking the empty fragment frag.h sends to end a datagram's reassembly: passed. */
+#define BPFIPT_TC_INDEX_FRAG_KILL 0xb1f8
 
 /* Fields a rule can be indexed under (its anchor). */
 enum bpfipt_field {
@@ -98,7 +100,11 @@ enum bpfipt_reason {
 	BPFIPT_R_REJECT_SENT = 12,
 	BPFIPT_R_REJECT_NO_REPLY = 13,
 	BPFIPT_R_NO_STATE = 14,
-	BPFIPT_NREASONS = 15,
+	/* A fragment for INPUT, passed on to reassembly (frag.h). */
+	BPFIPT_R_FRAG_PENDING = 15,
+	/* A fragment for INPUT dropped: too many datagrams being reassembled. */
+	BPFIPT_R_FRAG_FULL = 16,
+	BPFIPT_NREASONS = 17,
 };
 
 /* config: ARRAY, one entry, not halved. */
@@ -120,6 +126,8 @@ struct bpfipt_chain {
 
 /* The table has rules on interface names: look the devices' names up. */
 #define BPFIPT_CHAIN_NEEDS_IFNAMES 0x0001
+/* The table has --tcp-option rules: read a TCP packet's options. */
+#define BPFIPT_CHAIN_NEEDS_TCPOPTS 0x0002
 
 /* lists: HASH, a chunk of the candidate list of one class of one field of one chain. */
 struct bpfipt_list_key {
@@ -196,7 +204,8 @@ struct bpfipt_match {
 			__u16 dpts[2];
 			__u8 flg_mask;
 			__u8 flg_cmp;
-		} tcp;	/* also udp (flags unused) */
+			__u8 option;	/* --tcp-option kind, 0: none */
+		} tcp;	/* also udp (flags and option unused) */
 		struct {
 			__u8 type;
 			__u8 code[2];
@@ -228,6 +237,7 @@ struct bpfipt_match {
 #define BPFIPT_INV_DPT 0x02	/* tcp/udp --dport, iprange --dst-range */
 #define BPFIPT_INV_FLAGS 0x04	/* tcp --tcp-flags */
 #define BPFIPT_INV_ANY 0x08	/* icmp, multiport, mark, length */
+#define BPFIPT_INV_OPTION 0x40	/* tcp --tcp-option */
 #define BPFIPT_IPRANGE_SRC 0x10
 #define BPFIPT_IPRANGE_DST 0x20
 

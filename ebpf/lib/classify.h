@@ -206,6 +206,42 @@ static __always_inline int multiport_match(const struct bpfipt_match *m, __u16 s
 
 enum { M_NO = 0, M_YES = 1, M_HOTDROP = 2 };
 
+/* tcp_find_option of xt_tcpudp.c over the options parse.h read: EOL and NOP are one byte,
+ * any other kind says its length (a zero length steps one byte). Like the kernel, the length
+ * of a kind in the last option byte is read past the options (the first payload byte; 0 if
+ * none). */
+static __always_inline int tcp_option_match(const struct bpfipt_match *m, const struct pkt *p)
+{
+	int inv = !!(m->inv & BPFIPT_INV_OPTION);
+	__u32 i = 0, len = p->optlen;
+	__u8 want = m->u.tcp.option;
+
+	if (p->tcpdoff < 20)
+		return M_HOTDROP;
+	if (p->tcpdoff == 20)
+		return inv ? M_YES : M_NO;
+	/* skb_header_pointer fails when the options are not all in the packet. */
+	if (!p->opts_ok)
+		return M_HOTDROP;
+#pragma unroll
+	for (int s = 0; s < 40; s++) {
+		__u8 k, l;
+
+		if (i >= len || i >= 40)
+			break;
+		k = p->opts[i & 63];
+		if (k == want)
+			return inv ? M_NO : M_YES;
+		if (k < 2) {
+			i++;
+			continue;
+		}
+		l = p->opts[(i + 1) & 63];
+		i += l ? l : 1;
+	}
+	return inv ? M_YES : M_NO;
+}
+
 /* One match, as its kernel match function decides. */
 static __always_inline int match_one(const struct bpfipt_match *m, const struct pkt *p)
 {
@@ -215,12 +251,16 @@ static __always_inline int match_one(const struct bpfipt_match *m, const struct 
 			return p->fragoff == 1 ? M_HOTDROP : M_NO;
 		if (p->l4len < 20)
 			return M_HOTDROP;
-		return port_in(m->u.tcp.spts[0], m->u.tcp.spts[1], p->sport,
-			       !!(m->inv & BPFIPT_INV_SPT)) &&
-		       port_in(m->u.tcp.dpts[0], m->u.tcp.dpts[1], p->dport,
-			       !!(m->inv & BPFIPT_INV_DPT)) &&
-		       (((p->tcpflags & m->u.tcp.flg_mask) == m->u.tcp.flg_cmp) ^
-			!!(m->inv & BPFIPT_INV_FLAGS));
+		if (!(port_in(m->u.tcp.spts[0], m->u.tcp.spts[1], p->sport,
+			      !!(m->inv & BPFIPT_INV_SPT)) &&
+		      port_in(m->u.tcp.dpts[0], m->u.tcp.dpts[1], p->dport,
+			      !!(m->inv & BPFIPT_INV_DPT)) &&
+		      (((p->tcpflags & m->u.tcp.flg_mask) == m->u.tcp.flg_cmp) ^
+		       !!(m->inv & BPFIPT_INV_FLAGS))))
+			return M_NO;
+		if (m->u.tcp.option)
+			return tcp_option_match(m, p);
+		return M_YES;
 	case BPFIPT_M_UDP:
 		if (p->fragoff)
 			return M_NO;

@@ -115,7 +115,16 @@ struct pkt {
 	__u32 out_hash;
 	__u8 has_in;
 	__u8 has_out;
-	__u8 pad[2];
+	__u8 more_frags;	/* IP_MF */
+	__u8 udp_csum0;	/* UDP without checksum (check field 0) */
+	__u8 tcpdoff;	/* TCP header length in bytes (doff * 4) */
+	__u8 optlen;	/* option bytes read into opts (when the table needs them) */
+	__u8 opts_ok;	/* all doff * 4 - 20 option bytes are in the packet */
+	__u8 reasm;	/* a reassembled datagram (frag.h): the datagram's first bytes are in
+			 * reject_buf, the options already in opts */
+	__u16 ipid;
+	__u16 pad3;
+	__u8 opts[64];	/* the options, and the byte after them (tcp_find_option reads it) */
 };
 
 struct head {

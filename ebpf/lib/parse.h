@@ -74,6 +74,10 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	p->ttl = ip->ttl;
 	p->tos = ip->tos;
 	p->fragoff = bpf_ntohs(ip->frag_off) & IP_OFFSET_;
+	p->more_frags = !!(bpf_ntohs(ip->frag_off) & 0x2000);
+	p->ipid = bpf_ntohs(ip->id);
+	p->reasm = 0;
+	p->udp_csum0 = 0;
 	p->mark = skb->mark;
 	p->l4len = p->tot_len - p->ihl;
 	p->has_ports = 0;
@@ -105,8 +109,15 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 		p->icmp_type = l4[0];
 		p->icmp_code = l4[1];
 	}
-	if (p->l4len >= 20 && (void *)(l4 + 14) <= end)
+	p->tcpdoff = 0;
+	p->optlen = 0;
+	p->opts_ok = 0;
+	if (p->l4len >= 20 && (void *)(l4 + 14) <= end) {
 		p->tcpflags = l4[13];
+		p->tcpdoff = (l4[12] >> 4) * 4;
+	}
+	if (p->proto == IPPROTO_UDP && p->l4len >= 8 && (void *)(l4 + 8) <= end)
+		p->udp_csum0 = l4[6] == 0 && l4[7] == 0;
 	if (port_proto(p->proto) &&
 	    p->l4len < (p->proto == IPPROTO_TCP ? 20 : p->proto == IPPROTO_UDP ? 8 : 4))
 		/* Shorter than what the match reads (tcp_mt 20, udp_mt 8, multiport_mt 4 bytes):
@@ -114,6 +125,29 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 		 * candidate (the TRUNC list). */
 		p->trunc_ports = 1;
 	return PARSE_OK;
+}
+
+/* The TCP options of st->p (tcp_find_option's skb_header_pointer), for --tcp-option. */
+static __always_inline void load_tcp_options(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 len, n;
+
+	if (p->proto != IPPROTO_TCP || p->fragoff || p->tcpdoff <= 20 || p->reasm)
+		return;
+	len = p->tcpdoff - 20;
+	p->opts_ok = p->l4len >= p->tcpdoff;
+	if (!p->opts_ok)
+		return;
+	/* and the byte after them, when there is one */
+	n = p->l4len > p->tcpdoff ? len + 1 : len;
+	if (n < 1 || n > 41)
+		return;
+	__builtin_memset(p->opts, 0, sizeof(p->opts));
+	if (bpf_skb_load_bytes(skb, ETH_HLEN_ + (p->ihl & 0x3c) + 20, p->opts, n) < 0) {
+		p->opts_ok = 0;
+		return;
+	}
+	p->optlen = len;
 }
 
 #endif

@@ -30,10 +30,13 @@ static __always_inline __u16 csum_fold32(__u64 s)
 	return ~s & 0xffff;
 }
 
-/* icmp_pointers[type].error, and types above NR_ICMP_TYPES: never answered. */
+/* icmp_pointers[type].error (the unassigned 1, 2, 6, 7, 9, 10 count as errors), and types
+ * above NR_ICMP_TYPES: never answered. Kernel 6.18: INPUT `-p icmp -j REJECT` answers types
+ * 0, 8 and 13-18 only. */
 static __always_inline int icmp_is_error(__u8 type)
 {
-	return type == 3 || type == 4 || type == 5 || type == 11 || type == 12 || type > 18;
+	return (type >= 1 && type <= 7) || type == 9 || type == 10 ||
+	       type == 11 || type == 12 || type > 18;
 }
 
 static __always_inline __u32 cfg_ttl(void)
@@ -62,55 +65,97 @@ static __always_inline __u32 local_kind_of(__be32 a)
 	return v ? v->kind : 0;
 }
 
-/* Sends the rewritten skb toward daddr: lo's egress when local, else out of the device the
- * offending packet arrived on, with the kernel's output route lookup and neighbour
- * resolution (bpf_redirect_neigh without a nexthop). bpf_fib_lookup is not used here: it
- * refuses devices without forwarding. Replies thus follow the reverse path. */
-static __always_inline int send_reply(struct __sk_buff *skb, __be32 daddr, __u32 in_ifindex)
-{
-	skb->tc_index = BPFIPT_TC_INDEX_REPLY;
-	skb->mark = 0;	/* IP4_REPLY_MARK without fwmark_reflect */
-	if (local_kind_of(daddr) == BPFIPT_LOCAL_UNICAST) {
-		__u8 eth[14] = {};
+/* Where a reply goes: as ip_local_out routes it (ip_route_me_harder for a RST, icmp_route_lookup
+ * for an ICMP error). */
+struct reply_route {
+	__u32 ifindex;
+	__be32 nexthop;
+	__be32 saddr;
+};
 
-		eth[12] = 0x08;
-		bpf_skb_store_bytes(skb, 0, eth, sizeof(eth), 0);
-		return bpf_redirect(cfg_lo(), 0);
-	}
-	if (!in_ifindex)
-		return TC_ACT_SHOT;
-	return bpf_redirect_neigh(in_ifindex, NULL, 0, 0);
-}
-
-/* The source of an ICMP error: the offending packet's destination when it was ours,
- * else what routing picks toward its source (__icmp_send). Only a forwarded packet needs
- * the lookup, and forwarding is on for the device it came from. */
-static __always_inline int icmp_source(struct __sk_buff *skb, const struct pkt *p, __be32 *src,
-				       __u32 in_ifindex)
+/* The kernel's output route lookup toward daddr from saddr (0: let routing choose the
+ * source, fib_result_prefsrc): a flow with iif = lo and no oif, as ip_route_output_key_hash
+ * builds it, hence the ingress perspective on lo (BPF_FIB_LOOKUP_OUTPUT would pin the
+ * nexthop to one device). bpf_fib_lookup refuses when lo does not forward
+ * (net.ipv4.ip_forward=0): then the reply goes back out the device the offending packet came
+ * in on, or the one it was leaving by (`fallback_dev`), the reverse path. Returns 0, or -1
+ * when the kernel would send nothing (no route, unreachable, prohibited, blackhole). */
+static __always_inline int route_reply(struct __sk_buff *skb, __be32 saddr, __be32 daddr,
+				       __u8 tos, __u32 fallback_dev, struct reply_route *rt)
 {
 	struct bpf_fib_lookup fib = {};
 	long r;
 
-	if (local_kind_of(p->daddr) == BPFIPT_LOCAL_UNICAST) {
-		*src = p->daddr;
+	if (local_kind_of(daddr) == BPFIPT_LOCAL_UNICAST) {
+		/* Toward a local address: through lo, and routing picks that address as the
+		 * source. */
+		rt->ifindex = cfg_lo();
+		rt->nexthop = 0;
+		rt->saddr = saddr ? saddr : daddr;
 		return 0;
 	}
-	/* Toward a local address, routing picks that address. */
-	if (local_kind_of(p->saddr) == BPFIPT_LOCAL_UNICAST) {
-		*src = p->saddr;
-		return 0;
-	}
-	if (!in_ifindex)
-		return -1;
-	fib.family = 2;
-	fib.ipv4_dst = p->saddr;
-	fib.ifindex = in_ifindex;
+	fib.family = 2;	/* AF_INET */
+	fib.tos = tos;
+	fib.ipv4_src = saddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = cfg_lo();
 	r = bpf_fib_lookup(skb, &fib, sizeof(fib),
-			   BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC);
-	if (r != BPF_FIB_LKUP_RET_SUCCESS && r != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return -1;
-	*src = fib.ipv4_src;
-	return 0;
+			   BPF_FIB_LOOKUP_SKIP_NEIGH | (saddr ? 0 : BPF_FIB_LOOKUP_SRC));
+	if (r == BPF_FIB_LKUP_RET_SUCCESS || r == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		rt->ifindex = fib.ifindex;
+		rt->nexthop = fib.ipv4_dst;
+		rt->saddr = saddr ? saddr : fib.ipv4_src;
+		return rt->saddr ? 0 : -1;
+	}
+	if (r == BPF_FIB_LKUP_RET_FWD_DISABLED && fallback_dev && saddr) {
+		rt->ifindex = fallback_dev;
+		rt->nexthop = 0;
+		rt->saddr = saddr;
+		return 0;
+	}
+	return -1;
+}
+
+/* Sends the rewritten skb along rt, marked so that the egress program of the routed device
+ * classifies it as OUTPUT (the kernel's replies go through ip_local_out), with the kernel's
+ * neighbour resolution. Toward a local address that device is lo: bpf_redirect_neigh then
+ * gives the reply a local route, so that loopback delivers it to INPUT like the kernel's
+ * (injected at lo's ingress without a route, a local source would be a martian). */
+static __always_inline int send_reply(struct __sk_buff *skb, const struct reply_route *rt)
+{
+	skb->tc_index = BPFIPT_TC_INDEX_REPLY;
+	skb->mark = 0;	/* IP4_REPLY_MARK without fwmark_reflect */
+	if (rt->nexthop) {
+		struct bpf_redir_neigh nh = {};
+
+		nh.nh_family = 2;	/* AF_INET */
+		nh.ipv4_nh = rt->nexthop;
+		return bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
+	}
+	return bpf_redirect_neigh(rt->ifindex, NULL, 0, 0);
+}
+
+/* nf_reject_verify_csum: the protocols whose checksum REJECT does not verify. */
+static __always_inline int csum_unchecked(const struct pkt *p)
+{
+	__u8 x = p->proto;
+
+	return x == 47 || x == 51 || x == 50 || x == IPPROTO_SCTP || x == IPPROTO_UDPLITE ||
+	       x == IPPROTO_DCCP || (x == IPPROTO_UDP && p->udp_csum0);
+}
+
+/* A packet generated by the kernel's own ICMP socket (echo and timestamp replies; errors are
+ * never answered anyway): icmp_reply holds that socket's lock while the reply crosses
+ * OUTPUT, so the icmp_send of a REJECT there cannot take it and sends nothing
+ * (icmp_xmit_lock). Kernel 6.18: an echo reply REJECTed in OUTPUT got no error. */
+static __always_inline int from_icmp_socket(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk || p->proto != IPPROTO_ICMP || (p->icmp_type != 0 && p->icmp_type != 14))
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	return sk && sk->type == 3 /* SOCK_RAW */ && sk->protocol == IPPROTO_ICMP;
 }
 
 static __always_inline int reply_allowed(struct __sk_buff *skb, const struct pkt *p)
@@ -118,6 +163,12 @@ static __always_inline int reply_allowed(struct __sk_buff *skb, const struct pkt
 	__u32 d = p->daddr_h;
 
 	if (p->fragoff)
+		return 0;
+	/* A first fragment: REJECT verifies the transport checksum (nf_ip_checksum) over what
+	 * the fragment holds, a part of what the checksum covers, so it fails. */
+	if (p->more_frags && !csum_unchecked(p))
+		return 0;
+	if (from_icmp_socket(skb, p))
 		return 0;
 	/* RTCF_BROADCAST | RTCF_MULTICAST, and skb->pkt_type != PACKET_HOST */
 	if (d == 0xffffffffu || (d >> 28) == 0xe || local_kind_of(p->daddr) == BPFIPT_LOCAL_BROADCAST)
@@ -128,7 +179,7 @@ static __always_inline int reply_allowed(struct __sk_buff *skb, const struct pkt
 }
 
 static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt *p, __u8 code,
-					__u32 in_ifindex)
+					__u32 to_us, __u32 fallback_dev)
 {
 	__u32 zero = 0, quoted, i;
 	__u8 *buf = bpf_map_lookup_elem(&reject_buf, &zero);
@@ -138,36 +189,42 @@ static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt 
 		__u16 csum;
 		__u32 unused;
 	} h = {};
-	__be32 src;
+	struct reply_route rt;
+	__u8 tos = (p->tos & 0x1e) | 0xc0;	/* RT_TOS(tos) | IPTOS_PREC_INTERNETCONTROL */
 	__u64 sum;
 
 	if (!buf)
 		return TC_ACT_SHOT;
 	if (p->proto == IPPROTO_ICMP && (p->l4len < 8 || icmp_is_error(p->icmp_type)))
 		return TC_ACT_SHOT;
-	if (icmp_source(skb, p, &src, in_ifindex) < 0)
+	/* __icmp_send: the source is the offending packet's destination when its route was
+	 * local (RTCF_LOCAL), else what routing picks toward its source. */
+	if (route_reply(skb, to_us ? p->daddr : 0, p->saddr, tos, fallback_dev, &rt) < 0)
 		return TC_ACT_SHOT;
 	quoted = p->tot_len;
 	if (quoted > ICMP_QUOTE_MAX)
 		quoted = ICMP_QUOTE_MAX;
 	if (quoted < 20)
 		return TC_ACT_SHOT;
-	__builtin_memset(buf, 0, ICMP_REPLY_MAX);
-	if (bpf_skb_load_bytes(skb, ETH_HLEN_, buf, quoted) < 0)
-		return TC_ACT_SHOT;
+	/* A reassembled datagram: frag.h left its first bytes in buf, zeros after them. */
+	if (!p->reasm) {
+		__builtin_memset(buf, 0, ICMP_REPLY_MAX);
+		if (bpf_skb_load_bytes(skb, ETH_HLEN_, buf, quoted) < 0)
+			return TC_ACT_SHOT;
+	}
 	if (bpf_skb_change_tail(skb, ETH_HLEN_ + quoted, 0) < 0)
 		return TC_ACT_SHOT;
 	if (bpf_skb_adjust_room(skb, 28, BPF_ADJ_ROOM_MAC, 0) < 0)
 		return TC_ACT_SHOT;
 	h.ip.version = 4;
 	h.ip.ihl = 5;
-	h.ip.tos = (p->tos & 0x1e) | 0xc0;	/* RT_TOS(tos) | IPTOS_PREC_INTERNETCONTROL */
+	h.ip.tos = tos;
 	h.ip.tot_len = bpf_htons(28 + quoted);
 	/* The kernel's ICMP socket picks an id per packet (ip_select_ident); not DF. */
 	h.ip.id = bpf_get_prandom_u32() & 0xffff;
 	h.ip.ttl = cfg_ttl();
 	h.ip.protocol = IPPROTO_ICMP;
-	h.ip.saddr = src;
+	h.ip.saddr = rt.saddr;
 	h.ip.daddr = p->saddr;
 	h.ip.check = csum_fold32(bpf_csum_diff(NULL, 0, (__be32 *)&h.ip, 20, 0));
 	h.type = 3;
@@ -187,10 +244,14 @@ static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt 
 	h.csum = csum_fold32(sum);
 	if (bpf_skb_store_bytes(skb, ETH_HLEN_, &h, sizeof(h), 0) < 0)
 		return TC_ACT_SHOT;
-	return send_reply(skb, p->saddr, in_ifindex);
+	if (p->reasm && (quoted > ICMP_QUOTE_MAX ||
+			 bpf_skb_store_bytes(skb, ETH_HLEN_ + sizeof(h), buf, quoted, 0) < 0))
+		return TC_ACT_SHOT;
+	return send_reply(skb, &rt);
 }
 
-static __always_inline int send_reset(struct __sk_buff *skb, const struct pkt *p, __u32 in_ifindex)
+static __always_inline int send_reset(struct __sk_buff *skb, const struct pkt *p,
+				      __u32 fallback_dev)
 {
 	struct tcph {
 		__be16 source, dest;
@@ -205,12 +266,25 @@ static __always_inline int send_reset(struct __sk_buff *skb, const struct pkt *p
 		__be16 len;
 	} ph;
 	struct iphdr ip = {};
+	struct reply_route rt;
 	__u32 payload;
 
 	if (p->proto != IPPROTO_TCP || p->l4len < 20)
 		return TC_ACT_SHOT;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN_ + (p->ihl & 0x3c), &oth, sizeof(oth)) < 0)
+	/* nf_send_reset: from the offending packet's destination, routed by ip_route_me_harder
+	 * (a non-local source is allowed: FLOWI_FLAG_ANYSRC). */
+	if (route_reply(skb, p->daddr, p->saddr, 0, fallback_dev, &rt) < 0)
 		return TC_ACT_SHOT;
+	if (p->reasm) {
+		__u32 zero = 0;
+		__u8 *buf = bpf_map_lookup_elem(&reject_buf, &zero);
+
+		if (!buf)
+			return TC_ACT_SHOT;
+		__builtin_memcpy(&oth, buf + (p->ihl & 0x3c), sizeof(oth));
+	} else if (bpf_skb_load_bytes(skb, ETH_HLEN_ + (p->ihl & 0x3c), &oth, sizeof(oth)) < 0) {
+		return TC_ACT_SHOT;
+	}
 	if (oth.flags & 0x04)	/* no RST for RST */
 		return TC_ACT_SHOT;
 	th.source = oth.dest;
@@ -246,7 +320,7 @@ static __always_inline int send_reset(struct __sk_buff *skb, const struct pkt *p
 	if (bpf_skb_store_bytes(skb, ETH_HLEN_, &ip, 20, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN_ + 20, &th, 20, 0) < 0)
 		return TC_ACT_SHOT;
-	return send_reply(skb, p->saddr, in_ifindex);
+	return send_reply(skb, &rt);
 }
 
 /* ICMP_DEST_UNREACH codes of ipt_REJECT's reject_tg. */
@@ -272,9 +346,10 @@ static __always_inline int unreach_code(__u32 with)
 }
 
 /* ipt_REJECT's reject_tg: a reply when the kernel would send one; the packet is dropped
- * in every case. */
+ * in every case. `to_us`: the packet was classified in INPUT (its route is local);
+ * `fallback_dev`: where the reply goes when the FIB cannot be asked (see route_reply). */
 static __always_inline int do_reject(struct __sk_buff *skb, struct state *st, __u32 with,
-				     __u32 in_ifindex)
+				     __u32 to_us, __u32 fallback_dev)
 {
 	struct pkt *p = &st->p;
 	int r, code;
@@ -284,9 +359,11 @@ static __always_inline int do_reject(struct __sk_buff *skb, struct state *st, __
 		return TC_ACT_SHOT;
 	}
 	if (with == BPFIPT_REJ_TCP_RESET)
-		r = send_reset(skb, p, in_ifindex);
+		r = send_reset(skb, p, fallback_dev);
 	else if ((code = unreach_code(with)) >= 0)
-		r = send_unreach(skb, p, code, in_ifindex);
+		r = send_unreach(skb, p, code,
+				 to_us || local_kind_of(p->daddr) == BPFIPT_LOCAL_UNICAST,
+				 fallback_dev);
 	else
 		r = TC_ACT_SHOT;
 	count_reason(r == TC_ACT_SHOT ? BPFIPT_R_REJECT_NO_REPLY : BPFIPT_R_REJECT_SENT);

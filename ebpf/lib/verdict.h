@@ -7,6 +7,7 @@
 #include "parse.h"
 #include "classify.h"
 #include "reject.h"
+#include "frag.h"
 
 static __always_inline struct state *get_state(void)
 {
@@ -16,9 +17,10 @@ static __always_inline struct state *get_state(void)
 }
 
 /* Runs the filter table for the chain `entry` and acts on its verdict. Devices: `in_dev`
- * and `out_dev` name the -i / -o devices (0: none); replies leave through `in_dev`. */
+ * and `out_dev` name the -i / -o devices (0: none); `reply_dev` is where a REJECT reply goes
+ * when the FIB cannot be asked (reject.h route_reply). */
 static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u32 half,
-				    __u32 entry, __u32 in_dev, __u32 out_dev)
+				    __u32 entry, __u32 in_dev, __u32 out_dev, __u32 reply_dev)
 {
 	__u32 idx = half * BPFIPT_MAX_CHAINS + entry;
 	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
@@ -45,10 +47,19 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 		if (out_dev)
 			st->p.has_out = ifname_of(out_dev, st->p.out, &st->p.out_hash);
 	}
+	if (c->needs & BPFIPT_CHAIN_NEEDS_TCPOPTS)
+		load_tcp_options(skb, &st->p);
 	classify(st, half, entry);
 	count_reason(st->reason);
-	if (st->reject)
-		return do_reject(skb, st, st->reject - 1, in_dev);
+	if (st->reject) {
+		if (st->p.reasm)
+			frag_kill_clone(skb, &st->p);
+		return do_reject(skb, st, st->reject - 1, entry == BPFIPT_CHAIN_INPUT, reply_dev);
+	}
+	if (st->verdict == TC_ACT_SHOT && st->p.reasm && frag_to_killer(skb, &st->p) == 0) {
+		skb->tc_index = 0;
+		return TC_ACT_OK;
+	}
 	return st->verdict;
 }
 
@@ -95,7 +106,28 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
 		return TC_ACT_OK;
 	}
-	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0);
+	if (skb->tc_index == BPFIPT_TC_INDEX_FRAG_KILL) {
+		/* frag.h's empty fragment, on its way to end a reassembly. */
+		skb->tc_index = 0;
+		count_reason(BPFIPT_R_FRAG_PENDING);
+		return TC_ACT_OK;
+	}
+	if (st->p.fragoff || st->p.more_frags) {
+		/* INPUT sees datagrams reassembled (ip_local_deliver defragments before the
+		 * hook): a fragment waits for its datagram, whose last fragment to arrive
+		 * carries the verdict. */
+		r = frag_collect(skb, st, cfg->gen & 1);
+		if (r == FRAG_FULL) {
+			count_reason(BPFIPT_R_FRAG_FULL);
+			return TC_ACT_SHOT;
+		}
+		if (r != FRAG_COMPLETE) {
+			count_reason(BPFIPT_R_FRAG_PENDING);
+			return TC_ACT_OK;
+		}
+	}
+	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0,
+			skb->ifindex);
 }
 
 static __always_inline int hook_egress(struct __sk_buff *skb)
@@ -126,7 +158,8 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 		entry = BPFIPT_CHAIN_FORWARD;
 		in_ifindex = skb->ingress_ifindex;
 	}
-	return run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex);
+	return run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex,
+			in_ifindex ? in_ifindex : skb->ifindex);
 }
 
 #endif

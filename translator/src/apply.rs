@@ -9,13 +9,13 @@
 //! installed. The slot and offset of every entry are stored with the table, so a daemon that
 //! dies loses no count: the next one folds what the old maps counted into the bases.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::abi::{Counters, Family};
 use crate::attach::{self, Attacher, Programs};
-use crate::compile::{self, CompileError, Image, SlotAssignment};
+use crate::compile::{self, Change, CompileError, Image, SlotAssignment};
 use crate::dataplane::{self, Dataplane, Limits, Prog};
 use crate::ir::Ruleset;
 use crate::layout::{self, Pod};
@@ -257,6 +257,30 @@ impl Datapath {
         let t1 = std::time::Instant::now();
         let active = self.dp.active_half()?;
         self.dp.write(active ^ 1, &changes)?;
+        // A slot new to this table that is not a new rule record (whose counters `write`
+        // zeroed) is a chain's tail reusing a freed slot: what it counted before is its
+        // offset. Read before the flip, while no packet can reach it.
+        let kept: HashSet<u32> = self.slots.iter().flatten().map(|s| s.slot).collect();
+        let zeroed: HashSet<u32> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Rule(slot, Some(_)) => Some(*slot),
+                _ => None,
+            })
+            .collect();
+        let mut stale: HashMap<u32, Counters> = HashMap::default();
+        for slot in p.slots.iter().flatten() {
+            if !kept.contains(slot) && !zeroed.contains(slot) && !stale.contains_key(slot) {
+                let c = self.dp.counter(*slot).unwrap_or_default();
+                stale.insert(
+                    *slot,
+                    Counters {
+                        pcnt: c.packets,
+                        bcnt: c.bytes,
+                    },
+                );
+            }
+        }
         self.dp.flip()?;
         log::debug(&format!(
             "datapath commit: {} changes, diff {:?}, write+flip {:?}",
@@ -269,10 +293,9 @@ impl Datapath {
         let dp = self.dp.clone();
         self.replay = Some(std::thread::spawn(move || {
             dp.sync()?;
-            dp.write(active, &changes)
+            dp.replay(active, &changes)
         }));
         // Slots kept from the previous image continue counting: remember where they are.
-        let kept: HashSet<u32> = self.slots.iter().flatten().map(|s| s.slot).collect();
         let raw = match self.last_read.take() {
             Some(r) => r,
             None => {
@@ -297,7 +320,7 @@ impl Datapath {
                     let offset = if kept.contains(&slot) {
                         now(slot)
                     } else {
-                        Counters::default()
+                        stale.get(&slot).copied().unwrap_or_default()
                     };
                     EntrySlot { slot, offset }
                 })

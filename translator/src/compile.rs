@@ -70,8 +70,10 @@ const fn t(name: &'static str, revision: u8) -> Matcher {
 pub const MATCHERS: &[Matcher] = &[
     m("ip.src", 0, HOOKS_ALL),
     m("ip.dst", 0, HOOKS_ALL),
-    m("ip.iniface", 0, HOOK_IN | HOOK_FWD),
-    m("ip.outiface", 0, HOOK_FWD | HOOK_OUT),
+    // OUTPUT has no input device and INPUT no output device: the kernel compares the empty
+    // name (nulldevname), which the datapath does too.
+    m("ip.iniface", 0, HOOKS_ALL),
+    m("ip.outiface", 0, HOOKS_ALL),
     m("ip.proto", 0, HOOKS_ALL),
     m("ip.frag", 0, HOOKS_ALL),
     m("tcp", 0, HOOKS_ALL),
@@ -500,7 +502,8 @@ fn contiguous(mask: u32) -> Option<u8> {
 /// The exact interface name a mask selects (iptables' mask covers the name and its NUL).
 fn exact_iface(name: &[u8; 16], mask: &[u8; 16]) -> Option<[u8; 16]> {
     let l = name.iter().position(|b| *b == 0)?;
-    if mask[..=l].iter().all(|b| *b == 0xff) {
+    // The empty name is what a hook without that device compares: no class to look up.
+    if l > 0 && mask[..=l].iter().all(|b| *b == 0xff) {
         let mut n = [0u8; 16];
         n[..l].copy_from_slice(&name[..l]);
         Some(n)
@@ -528,11 +531,12 @@ fn lower_match(
     match &typed {
         Match::Comment(_) => return Ok(()),
         Match::Tcp(t) => {
-            if t.option != 0 || t.option_inv {
-                return Err(Why::Option("--tcp-option"));
-            }
             mr.kind = kind::TCP;
             mr.inv = (t.sport_inv as u8) | (t.dport_inv as u8) << 1 | (t.flags_inv as u8) << 2;
+            if t.option_inv {
+                mr.inv |= linv::OPTION;
+            }
+            mr.put_u8(10, t.option);
             mr.put_u16(0, *t.sport.start());
             mr.put_u16(2, *t.sport.end());
             mr.put_u16(4, *t.dport.start());
@@ -1033,6 +1037,14 @@ pub fn compile(
             .iter()
             .any(|p| p.rec.need & (need::IIF | need::OIF) != 0)
     });
+    // --tcp-option: the datapath reads a TCP packet's options once per packet, and only then.
+    let tcpopts = rules_of.iter().any(|cr| {
+        cr.placed.iter().any(|p| {
+            p.rec.m[..p.rec.nmatch as usize]
+                .iter()
+                .any(|m| m.kind == kind::TCP && m.u8_at(10) != 0)
+        })
+    });
     for (ci, c) in rs.chains.iter().enumerate() {
         let cr = rules_of[ci].clone();
         let id = chain_id[ci];
@@ -1081,8 +1093,16 @@ pub fn compile(
             tail_slot,
             policy,
             skip: (c.hook.is_some() && c.rules.is_empty() && policy == target::ACCEPT) as u8,
-            needs: if ifnames && c.hook.is_some() {
-                layout::CHAIN_NEEDS_IFNAMES
+            needs: if c.hook.is_some() {
+                (if ifnames {
+                    layout::CHAIN_NEEDS_IFNAMES
+                } else {
+                    0
+                }) | (if tcpopts {
+                    layout::CHAIN_NEEDS_TCPOPTS
+                } else {
+                    0
+                })
             } else {
                 0
             },

@@ -365,6 +365,18 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The same `changes` into the other half after the flip and grace period. Rule records
+    /// are not halved and were written (their counters zeroed) before the flip: writing them
+    /// again would wipe what the new rules counted since.
+    pub fn replay(&self, half: u8, changes: &[Change]) -> Result<(), Error> {
+        let halved: Vec<Change> = changes
+            .iter()
+            .filter(|c| !matches!(c, Change::Rule(..)))
+            .cloned()
+            .collect();
+        self.write(half, &halved)
+    }
+
     /// Everything of `image` into `half` (a fresh dataplane).
     pub fn write_image(&self, half: u8, image: &Image) -> Result<(), Error> {
         self.write(half, &image.diff(&Image::default()))
@@ -378,7 +390,7 @@ impl Dataplane {
         self.write(active ^ 1, &changes)?;
         self.flip()?;
         self.sync()?;
-        self.write(active, &changes)
+        self.replay(active, &changes)
     }
 
     fn zero_counters(&self, slot: u32) -> Result<(), Error> {

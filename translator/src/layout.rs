@@ -60,6 +60,7 @@ pub mod inv {
     pub const ANY: u8 = 0x08;
     pub const IPRANGE_SRC: u8 = 0x10;
     pub const IPRANGE_DST: u8 = 0x20;
+    pub const OPTION: u8 = 0x40;
 }
 
 /// `BPFIPT_NEED_*`
@@ -98,6 +99,8 @@ pub struct ChainRec {
 
 /// `BPFIPT_CHAIN_NEEDS_IFNAMES`
 pub const CHAIN_NEEDS_IFNAMES: u16 = 0x0001;
+/// `BPFIPT_CHAIN_NEEDS_TCPOPTS`
+pub const CHAIN_NEEDS_TCPOPTS: u16 = 0x0002;
 
 /// `struct bpfipt_list_key`
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -198,6 +201,9 @@ impl MatchRec {
     }
     pub fn put_u8(&mut self, off: usize, v: u8) {
         self.bytes_mut()[off] = v;
+    }
+    pub fn u8_at(&self, off: usize) -> u8 {
+        self.u[off / 4].to_ne_bytes()[off % 4]
     }
 }
 

@@ -12,17 +12,24 @@ use translator::layout::Reason;
 /// Runs `f` in a thread inside a new network namespace with lo up and dummy0 =
 /// 192.0.2.1/24 (nothing to clean up: the namespace dies with the thread).
 fn in_netns(f: impl FnOnce() + Send + 'static) {
+    in_netns_with(&["sysctl -qw net.ipv4.ip_forward=1"], f)
+}
+
+/// `in_netns` with `extra` commands run after the set-up.
+fn in_netns_with(extra: &'static [&'static str], f: impl FnOnce() + Send + 'static) {
     std::thread::spawn(move || {
         // SAFETY: unshare affects only this thread.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
         for cmd in [
             "ip link set lo up",
-            "sysctl -qw net.ipv4.ip_forward=1",
             "ip link add dummy0 address 02:00:00:00:00:01 type veth peer name dummy1",
             "ip link set dummy1 up",
             "ip addr add 192.0.2.1/24 dev dummy0",
             "ip link set dummy0 up",
-        ] {
+        ]
+        .iter()
+        .chain(extra.iter())
+        {
             let args: Vec<&str> = cmd.split(' ').collect();
             let st = std::process::Command::new(args[0])
                 .args(&args[1..])
@@ -236,12 +243,33 @@ fn no_reply_cases() {
         };
         // No RST for a RST.
         no(&with_flags(pkt(6, "192.0.2.77", "192.0.2.1"), 0x04));
-        // Only the first fragment is answered.
-        no(&with_frag(pkt(17, "192.0.2.77", "192.0.2.1"), 0x0010));
-        // No ICMP error about an ICMP error.
-        let mut e = pkt(1, "192.0.2.77", "192.0.2.1");
-        e.icmp = (3, 1);
-        no(&e);
+        // Only the first fragment is answered (FORWARD: INPUT sees reassembled datagrams).
+        {
+            let mut hf = harness();
+            let mut b = [(A, vec![]), (A, vec![]), (A, vec![])];
+            b[1].1 = vec![rule().reject(3)];
+            hf.load(&table(b, vec![]));
+            for frag in [0x0010u16, 0x2010] {
+                let p = with_frag(pkt(17, "192.0.2.77", "198.51.100.9"), frag);
+                let (ret, _, reasons) = hf.run_raw(H::Fwd, &p);
+                assert_eq!(ret, 2, "{p:?}");
+                assert!(reasons.contains_key(&Reason::RejectNoReply), "{reasons:?}");
+            }
+        }
+        // No ICMP error about an ICMP error; the unassigned types 1, 2, 6, 7, 9, 10 and those
+        // above 18 count as errors (kernel 6.18: `-p icmp -j REJECT` in INPUT answered types
+        // 0, 8 and 13..=18 of 0..=19, 40, 255, and nothing else).
+        for t in [1u8, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 19, 40, 255] {
+            let mut e = pkt(1, "192.0.2.77", "192.0.2.1");
+            e.icmp = (t, 1);
+            no(&e);
+        }
+        for t in [0u8, 13, 14, 15, 16, 17, 18] {
+            let mut e = pkt(1, "192.0.2.77", "192.0.2.1");
+            e.icmp = (t, 0);
+            let (ret, _, _) = hn.run_raw(H::In, &e);
+            assert_eq!(ret, TC_ACT_REDIRECT, "icmp type {t}");
+        }
         // Not to broadcast or multicast destinations.
         no(&pkt(17, "192.0.2.77", "255.255.255.255"));
         no(&pkt(17, "192.0.2.77", "224.0.0.5"));
@@ -258,4 +286,51 @@ fn with_flags(mut p: P, f: u8) -> P {
 fn with_frag(mut p: P, f: u16) -> P {
     p.frag = f;
     p
+}
+
+/// Replies are routed as the kernel's output route lookup routes them: none toward an
+/// unreachable or blackhole route (icmp_route_lookup and ip_route_me_harder fail there), and
+/// with forwarding off (where bpf_fib_lookup refuses) an INPUT reply still goes back out
+/// the arrival device.
+#[test]
+fn replies_follow_routes() {
+    if !root() {
+        return;
+    }
+    fn input_rejects(hn: &mut Harness) {
+        let mut b = [(A, vec![]), (A, vec![]), (A, vec![])];
+        b[0].1 = vec![rule().proto(6, false).reject(7), rule().reject(3)];
+        hn.load(&table(b, vec![]));
+    }
+    in_netns_with(
+        &[
+            "sysctl -qw net.ipv4.ip_forward=1",
+            "ip route add unreachable 203.0.113.0/24",
+            "ip route add blackhole 198.18.0.0/15",
+        ],
+        || {
+            let mut hn = harness();
+            input_rejects(&mut hn);
+            for src in ["203.0.113.5", "198.18.0.5"] {
+                for proto in [17u8, 6] {
+                    let p = pkt(proto, src, "192.0.2.1");
+                    let (ret, _, reasons) = hn.run_raw(H::In, &p);
+                    assert_eq!(ret, 2, "{p:?}");
+                    assert!(reasons.contains_key(&Reason::RejectNoReply), "{reasons:?}");
+                }
+            }
+            let (ret, _, _) = hn.run_raw(H::In, &pkt(17, "192.0.2.77", "192.0.2.1"));
+            assert_eq!(ret, TC_ACT_REDIRECT);
+        },
+    );
+    in_netns_with(&["sysctl -qw net.ipv4.ip_forward=0"], || {
+        let mut hn = harness();
+        input_rejects(&mut hn);
+        for proto in [17u8, 6] {
+            let p = pkt(proto, "192.0.2.77", "192.0.2.1");
+            let (ret, out, reasons) = hn.run_raw(H::In, &p);
+            assert_eq!(ret, TC_ACT_REDIRECT, "{p:?} {reasons:?}");
+            check_ip(&out[14..], if proto == 6 { 6 } else { 1 }, p.dst, p.src);
+        }
+    });
 }

@@ -165,11 +165,16 @@ pub fn ext(name: &str, revision: u8, mut data: Vec<u8>) -> Ext {
 
 /// struct xt_tcp
 pub fn tcp(sp: (u16, u16), dp: (u16, u16), flg: (u8, u8), inv: u8) -> Ext {
+    tcp_opt(sp, dp, flg, 0, inv)
+}
+
+/// struct xt_tcp with --tcp-option (inv bit 0x08: XT_TCP_INV_OPTION)
+pub fn tcp_opt(sp: (u16, u16), dp: (u16, u16), flg: (u8, u8), option: u8, inv: u8) -> Ext {
     let mut d = Vec::new();
     for v in [sp.0, sp.1, dp.0, dp.1] {
         d.extend_from_slice(&v.to_ne_bytes());
     }
-    d.extend_from_slice(&[0, flg.0, flg.1, inv]);
+    d.extend_from_slice(&[option, flg.0, flg.1, inv]);
     ext("tcp", 0, d)
 }
 
@@ -321,6 +326,12 @@ pub struct P {
     /// Input and output interface names for the hook ("" = none).
     pub iif: String,
     pub oif: String,
+    /// TCP option bytes after the 20-byte header (doff counts them, rounded up).
+    pub tcp_opts: Vec<u8>,
+    /// A TCP data offset (in 32-bit words) to write instead of the true one.
+    pub tcp_doff: Option<u8>,
+    /// IP identification (fragments of one datagram share it).
+    pub ip_id: u16,
 }
 
 pub fn pkt(proto: u8, src: &str, dst: &str) -> P {
@@ -342,6 +353,9 @@ pub fn pkt(proto: u8, src: &str, dst: &str) -> P {
         mark: 0,
         iif: "eth0".into(),
         oif: "eth1".into(),
+        tcp_opts: Vec::new(),
+        tcp_doff: None,
+        ip_id: 0x1234,
     }
 }
 
@@ -372,9 +386,11 @@ impl P {
                 h[2..4].copy_from_slice(&self.dport.to_be_bytes());
                 h[4..8].copy_from_slice(&self.seq.to_be_bytes());
                 h[8..12].copy_from_slice(&self.ack.to_be_bytes());
-                h[12] = 5 << 4;
                 h[13] = self.tcp_flags;
                 h[14..16].copy_from_slice(&1000u16.to_be_bytes());
+                h.extend_from_slice(&self.tcp_opts);
+                h.resize(h.len().div_ceil(4) * 4, 0);
+                h[12] = self.tcp_doff.unwrap_or((h.len() / 4) as u8) << 4;
                 h
             }
             (17, true) | (136, true) => {
@@ -434,7 +450,7 @@ impl P {
         ip[0] = 0x45;
         ip[1] = self.tos;
         ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
         ip[6..8].copy_from_slice(&self.frag.to_be_bytes());
         ip[8] = self.ttl;
         ip[9] = self.proto;
@@ -665,9 +681,45 @@ fn match_ext(e: &Ext, v: &View<'_>) -> Mr {
             }
             let inv = d[11];
             let pm = |lo: u16, hi: u16, x: u16, i: bool| (x >= lo && x <= hi) ^ i;
-            b(pm(ne16(d, 0), ne16(d, 2), port(0), inv & 1 != 0)
+            if !(pm(ne16(d, 0), ne16(d, 2), port(0), inv & 1 != 0)
                 && pm(ne16(d, 4), ne16(d, 6), port(2), inv & 2 != 0)
                 && (((v.l4[13] & d[9]) == d[10]) ^ (inv & 4 != 0)))
+            {
+                return Mr::No;
+            }
+            let (option, oinv) = (d[8], inv & 8 != 0);
+            if option == 0 {
+                return Mr::Yes;
+            }
+            // tcp_find_option
+            let doff = (v.l4[12] >> 4) as usize * 4;
+            if doff < 20 {
+                return Mr::Hotdrop;
+            }
+            let optlen = doff - 20;
+            if optlen == 0 {
+                return b(oinv);
+            }
+            if v.l4.len() < doff {
+                return Mr::Hotdrop;
+            }
+            let op = &v.l4[20..];
+            let mut i = 0;
+            while i < optlen {
+                if op[i] == option {
+                    return b(!oinv);
+                }
+                i += if op[i] < 2 {
+                    1
+                } else {
+                    // past the options: the payload's first byte, as the kernel reads it
+                    match op.get(i + 1).copied().unwrap_or(0) {
+                        0 => 1,
+                        l => l as usize,
+                    }
+                };
+            }
+            b(oinv)
         }
         "udp" => {
             if v.fragoff != 0 {
@@ -798,6 +850,11 @@ fn ip_match(ip: &IpHeader, v: &View<'_>, indev: &[u8; 16], outdev: &[u8; 16]) ->
 /// ipt_do_table for one packet at `hook`: the outcome, and the counters it adds, keyed
 /// (chain, rule index or usize::MAX for the tail).
 pub fn reference(rs: &Ruleset, hook: H, p: &P) -> (Outcome, Vec<(String, usize)>) {
+    if hook == H::In && p.frag & 0x3fff != 0 {
+        // ip_local_deliver reassembles before LOCAL_IN: a fragment alone is never
+        // classified; it goes on to reassembly (tests/datapath.rs checks whole datagrams).
+        return (Outcome::Accept, vec![]);
+    }
     let dg = p.datagram();
     let v = View {
         p,
