@@ -275,7 +275,7 @@ struct bpfipt_rule {
 #define BPFIPT_NEED_PROTO 0x08
 #define BPFIPT_NEED_FRAG 0x10
 
-/* counters: PERCPU_ARRAY by slot. */
+/* counters: ARRAY of one stripe of slots per possible CPU (index cpu * stride + slot). */
 struct bpfipt_counter {
 	__u64 packets;
 	__u64 bytes;

@@ -35,11 +35,17 @@ struct {
 	__type(value, struct bpfipt_rule);
 } rules SEC(".maps");
 
+/* Rule counters: one stripe of `counter_stride` slots per possible CPU, so a CPU adds to its
+ * own stripe without atomics (as a PERCPU_ARRAY would), and the daemon reads them all through
+ * mmap instead of a per-key copy (a batch read of 10000 per-CPU slots cost milliseconds). */
+const volatile __u32 counter_stride = 1024;
+
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1024);
 	__type(key, __u32);
 	__type(value, struct bpfipt_counter);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } counters SEC(".maps");
 
 struct {

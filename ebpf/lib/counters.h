@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT OR Apache-2.0 */
-/* Rule and chain counters (per slot, per CPU) and verdict reasons. */
+/* Rule and chain counters (per slot, in one stripe per CPU) and verdict reasons. */
 #ifndef BPFIPT_COUNTERS_H
 #define BPFIPT_COUNTERS_H
 
@@ -8,7 +8,8 @@
 /* Counts a packet on a rule or chain tail slot, as ADD_COUNTER in ipt_do_table. */
 static __always_inline void count_slot(__u32 slot, __u32 bytes)
 {
-	struct bpfipt_counter *c = bpf_map_lookup_elem(&counters, &slot);
+	__u32 i = bpf_get_smp_processor_id() * counter_stride + slot;
+	struct bpfipt_counter *c = bpf_map_lookup_elem(&counters, &i);
 
 	if (c) {
 		c->packets += 1;

@@ -163,7 +163,7 @@ fn attached_counters_map() -> Option<OwnedFd> {
     None
 }
 
-/// Packets and bytes of `slot` in a per-CPU counters map.
+/// Packets and bytes of `slot` in a per-CPU counters map (an older bpfiptd's datapath).
 fn read_counter(map: &OwnedFd, cpus: usize, slot: u32) -> Counters {
     let mut v = vec![0u8; 16 * cpus];
     if sys::map_lookup_percpu(map, &slot.to_ne_bytes(), &mut v).is_err() {
@@ -233,9 +233,22 @@ impl Datapath {
         d.dp.sync()?;
         if let Some((old_slots, map)) = old {
             let cpus = sys::possible_cpus()?;
+            // A datapath of this version is read through its mapping; one loaded by an
+            // older bpfiptd (a PERCPU_ARRAY) by lookups.
+            let stripes = dataplane::CounterStripes::map(map, cpus).ok();
             for (i, s) in old_slots.iter().enumerate() {
                 if let (Some(s), Some(c)) = (s, counters.get_mut(i)) {
-                    c.add(sub(read_counter(map, cpus, s.slot), s.offset));
+                    let now = match &stripes {
+                        Some(st) => {
+                            let x = st.get(s.slot);
+                            Counters {
+                                pcnt: x.packets,
+                                bcnt: x.bytes,
+                            }
+                        }
+                        None => read_counter(map, cpus, s.slot),
+                    };
+                    c.add(sub(now, s.offset));
                 }
             }
         }

@@ -165,10 +165,27 @@ impl fmt::Display for CompileError {
 impl std::error::Error for CompileError {}
 
 /// The candidate lists and address classes of one chain.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct ChainIndex {
     pub lists: HashMap<ListKey, ListVal>,
     pub addrs: HashMap<AddrKey, AddrVal>,
+    /// Set by an incremental update: the index it started from and the list keys it
+    /// removed or wrote, so a diff against that index looks at those keys only (a one-rule
+    /// change to a 10000-rule chain otherwise compares every list).
+    pub delta: Option<IndexDelta>,
+}
+
+#[derive(Clone, Debug)]
+pub struct IndexDelta {
+    base: std::sync::Weak<ChainIndex>,
+    lists: Vec<ListKey>,
+    addrs: Vec<AddrKey>,
+}
+
+impl PartialEq for ChainIndex {
+    fn eq(&self, o: &Self) -> bool {
+        self.lists == o.lists && self.addrs == o.addrs
+    }
 }
 
 /// What compile produced for one chain: its rules (slot, priority, record) and indexes.
@@ -263,7 +280,28 @@ impl Image {
                     }
                 }
             }
-            if o.is_none_or(|o| !Arc::ptr_eq(&o.index, &c.index)) {
+            let delta = c
+                .index
+                .delta
+                .as_ref()
+                .zip(o)
+                .filter(|(d, o)| std::ptr::eq(d.base.as_ptr(), Arc::as_ptr(&o.index)));
+            if let Some((d, o)) = delta {
+                for k in &d.lists {
+                    match (c.index.lists.get(k), o.index.lists.get(k)) {
+                        (Some(n), old) if old != Some(n) => adds.push(Change::List(*k, Some(*n))),
+                        (None, Some(_)) => dels.push(Change::List(*k, None)),
+                        _ => {}
+                    }
+                }
+                for k in &d.addrs {
+                    match (c.index.addrs.get(k), o.index.addrs.get(k)) {
+                        (Some(n), old) if old != Some(n) => adds.push(Change::Addr(*k, Some(*n))),
+                        (None, Some(_)) => dels.push(Change::Addr(*k, None)),
+                        _ => {}
+                    }
+                }
+            } else if o.is_none_or(|o| !Arc::ptr_eq(&o.index, &c.index)) {
                 let oi = o.map(|o| &*o.index);
                 diff_map(
                     Some(&c.index.lists),
@@ -1268,30 +1306,81 @@ fn addr_prefixes(cr: &ChainRules) -> Vec<(u8, u8, u32)> {
 }
 
 /// The index of `new` from the index of `old` (same chain, same port boundaries): only the
-/// lists of rules added, removed or renumbered are rebuilt. `None` when the set of address
-/// classes changed (then the whole index is rebuilt).
+/// lists of rules added, removed or renumbered are rebuilt, and address classes added or
+/// removed as leaves (no other anchor prefix inside them, so no other class's ancestors
+/// change). `None` otherwise (then the whole index is rebuilt).
 fn update_index(
     id: u32,
     old: &ChainRules,
-    old_index: &ChainIndex,
+    old_index: &Arc<ChainIndex>,
     new: &ChainRules,
     classes: &[BTreeMap<u32, u32>; 2],
 ) -> Option<ChainIndex> {
-    if addr_prefixes(old) != addr_prefixes(new) {
-        return None;
+    let key = |f: u8, p: u8, addr: u32| AddrKey {
+        prefixlen: 32 + p as u32,
+        half: 0,
+        field: f,
+        chain_hi: (id >> 8) as u8,
+        chain_lo: id as u8,
+        addr: addr.to_be_bytes(),
+    };
+    let mut index = ChainIndex::clone(old_index);
+    let mut touched_addrs = Vec::new();
+    let (olds, news) = (addr_prefixes(old), addr_prefixes(new));
+    if olds != news {
+        let removed: Vec<_> = olds
+            .iter()
+            .filter(|x| news.binary_search(x).is_err())
+            .collect();
+        let added: Vec<_> = news
+            .iter()
+            .filter(|x| olds.binary_search(x).is_err())
+            .collect();
+        if removed.len() + added.len() > 16 {
+            return None;
+        }
+        // Each must be a leaf among the anchor prefixes of both versions.
+        let inside = |&(f, l, a): &(u8, u8, u32)| {
+            olds.iter()
+                .chain(&news)
+                .any(|&(f2, l2, a2)| f2 == f && l2 > l && a2 & mask(l) == a)
+        };
+        if removed.iter().chain(&added).any(|x| inside(x)) {
+            return None;
+        }
+        for &&(f, l, a) in &removed {
+            let k = key(f, l, a);
+            index.addrs.remove(&k);
+            touched_addrs.push(k);
+        }
+        for &&(f, l, a) in &added {
+            // As build_index: the enclosing classes, nearest first; too many and the
+            // prefix gets no class of its own (its rules are listed in FLOAT).
+            let mut v = AddrVal::default();
+            let mut n = 0usize;
+            for q in (0..l).rev() {
+                if index.addrs.contains_key(&key(f, q, a & mask(q))) {
+                    n += 1;
+                    if n >= MAX_ANCESTORS {
+                        break;
+                    }
+                    v.plen[n] = q;
+                }
+            }
+            if n >= MAX_ANCESTORS {
+                continue;
+            }
+            v.plen[0] = l;
+            v.n = n as u8 + 1;
+            let k = key(f, l, a);
+            index.addrs.insert(k, v);
+            touched_addrs.push(k);
+        }
     }
     // An address anchor whose class was too deeply nested is listed in FLOAT.
-    let effective = |a: &Anchor| -> Anchor {
+    let effective = |a: &Anchor, addrs: &HashMap<AddrKey, AddrVal>| -> Anchor {
         if let Anchor::Addr(f, addr, p) = a {
-            let key = AddrKey {
-                prefixlen: 32 + *p as u32,
-                half: 0,
-                field: *f as u8,
-                chain_hi: (id >> 8) as u8,
-                chain_lo: id as u8,
-                addr: addr.to_be_bytes(),
-            };
-            if !old_index.addrs.contains_key(&key) {
+            if !addrs.contains_key(&key(*f as u8, *p, *addr)) {
                 return Anchor::Float;
             }
         }
@@ -1304,39 +1393,38 @@ fn update_index(
     for p in &new.placed {
         if old_by_slot.get(&p.slot) != Some(&p.prio) {
             g.clear();
-            groups(&effective(&p.anchor), classes, &mut g);
+            groups(&effective(&p.anchor, &index.addrs), classes, &mut g);
             affected.extend(g.iter().copied());
         }
     }
     for p in &old.placed {
         if new_by_slot.get(&p.slot) != Some(&p.prio) {
             g.clear();
-            groups(&effective(&p.anchor), classes, &mut g);
+            groups(&effective(&p.anchor, &old_index.addrs), classes, &mut g);
             affected.extend(g.iter().copied());
         }
     }
-    let mut index = old_index.clone();
+    let mut touched = Vec::new();
     for (f, cls, plen) in &affected {
-        let mut chunk = 0;
-        while index
-            .lists
-            .remove(&ListKey {
+        for chunk in 0.. {
+            let k = ListKey {
                 half: 0,
                 field: *f,
                 chain: id as u16,
                 cls: *cls,
                 plen: *plen,
                 chunk,
-            })
-            .is_some()
-        {
-            chunk += 1;
+            };
+            if index.lists.remove(&k).is_none() {
+                break;
+            }
+            touched.push(k);
         }
     }
     let mut entries: Vec<((u8, u32, u32), Cand)> = Vec::new();
     for p in &new.placed {
         g.clear();
-        groups(&effective(&p.anchor), classes, &mut g);
+        groups(&effective(&p.anchor, &index.addrs), classes, &mut g);
         for k in &g {
             if affected.contains(k) {
                 entries.push((
@@ -1349,12 +1437,24 @@ fn update_index(
             }
         }
     }
-    insert_lists(&mut index, id, entries);
+    insert_lists(&mut index, id, entries, Some(&mut touched));
+    touched.sort_unstable_by_key(|k| (k.field, k.cls, k.plen, k.chunk));
+    touched.dedup();
+    index.delta = Some(IndexDelta {
+        base: Arc::downgrade(old_index),
+        lists: touched,
+        addrs: touched_addrs,
+    });
     Some(index)
 }
 
 /// Chunks sorted runs of (group, candidate) into `index.lists`.
-fn insert_lists(index: &mut ChainIndex, id: u32, mut entries: Vec<((u8, u32, u32), Cand)>) {
+fn insert_lists(
+    index: &mut ChainIndex,
+    id: u32,
+    mut entries: Vec<((u8, u32, u32), Cand)>,
+    mut written: Option<&mut Vec<ListKey>>,
+) {
     entries.sort_unstable();
     entries.dedup();
     index.lists.reserve(entries.len());
@@ -1376,17 +1476,18 @@ fn insert_lists(index: &mut ChainIndex, id: u32, mut entries: Vec<((u8, u32, u32
             for (e, (_, c)) in lv.e.iter_mut().zip(part) {
                 *e = *c;
             }
-            index.lists.insert(
-                ListKey {
-                    half: 0,
-                    field: k.0,
-                    chain: id as u16,
-                    cls: k.1,
-                    plen: k.2,
-                    chunk: ci as u32,
-                },
-                lv,
-            );
+            let key = ListKey {
+                half: 0,
+                field: k.0,
+                chain: id as u16,
+                cls: k.1,
+                plen: k.2,
+                chunk: ci as u32,
+            };
+            if let Some(w) = written.as_mut() {
+                w.push(key);
+            }
+            index.lists.insert(key, lv);
         }
         i = j;
     }
@@ -1476,7 +1577,7 @@ fn build_index(id: u32, cr: &ChainRules, classes: &[BTreeMap<u32, u32>; 2]) -> C
             ));
         }
     }
-    insert_lists(&mut index, id, entries);
+    insert_lists(&mut index, id, entries, None);
     index
 }
 
@@ -1561,6 +1662,8 @@ mod tests {
             &SlotAssignment::default(),
         )
         .unwrap();
+        let mut prev = Image::default();
+        let mut incremental = 0;
         for round in 0..60 {
             let extra = gen::classbench(1, 1000 + round);
             match rng.below(3) {
@@ -1576,7 +1679,36 @@ mod tests {
             let c = &img.chains[&layout::CHAIN_FORWARD];
             let full = build_index(layout::CHAIN_FORWARD, &c.rules, &asg.classes);
             assert_eq!(*c.index, full, "round {round}");
+            // The diff that looks at the touched keys only equals the one that compares all.
+            let mut plain = img.clone();
+            for c in plain.chains.values_mut() {
+                let mut i = ChainIndex::clone(&c.index);
+                i.delta = None;
+                c.index = Arc::new(i);
+            }
+            let sorted = |v: Vec<Change>| {
+                let mut v: Vec<String> = v.iter().map(|c| format!("{c:?}")).collect();
+                v.sort();
+                v
+            };
+            assert_eq!(
+                sorted(img.diff(&prev)),
+                sorted(plain.diff(&prev)),
+                "round {round}"
+            );
+            let on_prev = |img: &Image| {
+                let d = img.chains[&layout::CHAIN_FORWARD].index.delta.as_ref();
+                let p = prev.chains.get(&layout::CHAIN_FORWARD);
+                d.zip(p)
+                    .is_some_and(|(d, p)| std::ptr::eq(d.base.as_ptr(), Arc::as_ptr(&p.index)))
+            };
+            incremental += on_prev(&img) as u32;
+            prev = img;
         }
+        assert!(
+            incremental >= 30,
+            "only {incremental} rounds diffed incrementally"
+        );
     }
 
     #[test]

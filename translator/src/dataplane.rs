@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aya::maps::Map;
@@ -163,8 +164,94 @@ pub struct Dataplane {
     maps: Maps,
     sync_outer: OwnedFd,
     sync_inner: OwnedFd,
-    cpus: usize,
+    stripes: CounterStripes,
     pub limits: Limits,
+}
+
+/// The counters map, mapped into this process: one stripe of `stride` slots per possible CPU
+/// (index `cpu * stride + slot`), each a [`Counter`]. Reading every slot is a walk over
+/// memory, where a batch lookup copied each key through the syscall.
+pub struct CounterStripes {
+    base: *const AtomicU64,
+    len: usize,
+    cpus: usize,
+    stride: usize,
+}
+
+// SAFETY: the mapping is shared memory owned by this value and only accessed through
+// atomics (the programs' adds are to the same aligned u64s).
+unsafe impl Send for CounterStripes {}
+// SAFETY: as for Send: every access is an atomic load or store.
+unsafe impl Sync for CounterStripes {}
+
+impl CounterStripes {
+    /// Maps a counters map whose max_entries is `cpus * stride`.
+    pub fn map(fd: &impl AsRawFd, cpus: usize) -> io::Result<CounterStripes> {
+        let entries = sys::map_max_entries(fd)? as usize;
+        if cpus == 0 || !entries.is_multiple_of(cpus) {
+            return Err(io::Error::from(io::ErrorKind::InvalidData));
+        }
+        let len = entries * 16;
+        // SAFETY: a fresh shared mapping of an mmapable BPF array of `len` bytes.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(CounterStripes {
+            base: p as *const AtomicU64,
+            len,
+            cpus,
+            stride: entries / cpus,
+        })
+    }
+
+    /// Packets and bytes of `slot`, summed over CPUs (zero beyond the stride).
+    pub fn get(&self, slot: u32) -> Counter {
+        let mut c = Counter::default();
+        let slot = slot as usize;
+        if slot >= self.stride {
+            return c;
+        }
+        for cpu in 0..self.cpus {
+            let i = 2 * (cpu * self.stride + slot);
+            // SAFETY: i + 1 < 2 * cpus * stride, the mapping's length in u64s.
+            let (p, b) = unsafe { (&*self.base.add(i), &*self.base.add(i + 1)) };
+            c.packets += p.load(Ordering::Relaxed);
+            c.bytes += b.load(Ordering::Relaxed);
+        }
+        c
+    }
+
+    /// Zeroes `slot` on every CPU (a slot no generation references yet).
+    pub fn zero(&self, slot: u32) {
+        let slot = slot as usize;
+        if slot >= self.stride {
+            return;
+        }
+        for cpu in 0..self.cpus {
+            let i = 2 * (cpu * self.stride + slot);
+            // SAFETY: as in get.
+            let (p, b) = unsafe { (&*self.base.add(i), &*self.base.add(i + 1)) };
+            p.store(0, Ordering::Relaxed);
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for CounterStripes {
+    fn drop(&mut self) {
+        // SAFETY: base and len are this value's own mapping.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
 }
 
 fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, Error> {
@@ -186,9 +273,11 @@ fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, Error> {
 impl Dataplane {
     /// Loads the object and its two programs (verified once here).
     pub fn load(limits: Limits) -> Result<Dataplane, Error> {
+        let cpus = sys::possible_cpus().map_err(sys_err("possible cpus"))?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("rules", limits.slots)
-            .map_max_entries("counters", limits.slots)
+            .map_max_entries("counters", limits.slots * cpus as u32)
+            .override_global("counter_stride", &limits.slots, true)
             .map_max_entries("lists", limits.list_chunks)
             .map_max_entries("addrs", limits.addr_classes)
             .map_max_entries("ifnames", limits.ifnames)
@@ -219,13 +308,14 @@ impl Dataplane {
             .map_err(sys_err("map_create"))?;
         let sync_outer =
             sys::map_create_of_maps(&sync_inner, "bpfipt_sync").map_err(sys_err("map_create"))?;
-        let cpus = sys::possible_cpus().map_err(sys_err("possible cpus"))?;
+        let stripes =
+            CounterStripes::map(&maps.counters, cpus).map_err(sys_err("mmap counters"))?;
         let dp = Dataplane {
             ebpf,
             maps,
             sync_outer,
             sync_inner,
-            cpus,
+            stripes,
             limits,
         };
         dp.set_config(&Config {
@@ -394,41 +484,19 @@ impl Dataplane {
     }
 
     fn zero_counters(&self, slot: u32) -> Result<(), Error> {
-        let v = vec![0u8; 16 * self.cpus];
-        sys::map_update(&self.maps.counters, &slot.to_ne_bytes(), &v, sys::BPF_ANY)
-            .map_err(sys_err("update counters"))
+        self.stripes.zero(slot);
+        Ok(())
     }
 
     /// Packets and bytes counted on `slot`, summed over CPUs.
     pub fn counter(&self, slot: u32) -> Result<Counter, Error> {
-        let mut v = vec![0u8; 16 * self.cpus];
-        sys::map_lookup_percpu(&self.maps.counters, &slot.to_ne_bytes(), &mut v)
-            .map_err(sys_err("lookup counters"))?;
-        let mut c = Counter::default();
-        for cpu in v.chunks(16) {
-            let x = Counter::from_bytes(cpu);
-            c.packets += x.packets;
-            c.bytes += x.bytes;
-        }
-        Ok(c)
+        Ok(self.stripes.get(slot))
     }
 
-    /// Packets and bytes of slots `0..count`, summed over CPUs, in one batch.
+    /// Packets and bytes of slots `0..count`, summed over CPUs.
     pub fn counters(&self, count: u32) -> Result<Vec<Counter>, Error> {
-        let per_key = 16 * self.cpus;
-        let count = count.min(self.limits.slots);
-        let v = sys::array_lookup_batch(&self.maps.counters, count, per_key)
-            .map_err(sys_err("lookup batch counters"))?;
-        Ok(v.chunks(per_key)
-            .map(|k| {
-                let mut c = Counter::default();
-                for cpu in k.chunks(16) {
-                    let x = Counter::from_bytes(cpu);
-                    c.packets += x.packets;
-                    c.bytes += x.bytes;
-                }
-                c
-            })
+        Ok((0..count.min(self.limits.slots))
+            .map(|s| self.stripes.get(s))
             .collect())
     }
 
@@ -436,7 +504,7 @@ impl Dataplane {
     pub fn reasons(&self) -> Result<HashMap<Reason, u64>, Error> {
         let mut out = HashMap::new();
         for r in Reason::ALL {
-            let mut v = vec![0u8; 8 * self.cpus];
+            let mut v = vec![0u8; 8 * self.stripes.cpus];
             sys::map_lookup_percpu(&self.maps.stats, &(r as u32).to_ne_bytes(), &mut v)
                 .map_err(sys_err("lookup stats"))?;
             let n: u64 = v.chunks(8).map(u64::from_bytes).sum();

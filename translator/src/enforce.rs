@@ -131,6 +131,8 @@ impl Enforcer {
     }
 
     /// Decides who enforces family `f` once `new` is in place of its table of that name.
+    /// (The rule representation is freed by another thread: for 10000 rules that is
+    /// milliseconds the caller need not wait for.)
     pub fn decide(&self, ns: &Netns, f: Family, new: &Table) -> Decision {
         let others = ns
             .family(f)
@@ -169,6 +171,7 @@ impl Enforcer {
             Some(dp) => dp.prepare(&rs, filter.number as usize),
             None => apply::prepare_fresh(&rs, filter.number as usize),
         };
+        drop_later(rs);
         match prepared {
             Ok(p) => Decision::Datapath(Some(Box::new(p))),
             Err(e) => Decision::Kernel(format!("filter table: {e}")),
@@ -352,5 +355,26 @@ impl Enforcer {
             }
         }
         problems
+    }
+}
+
+/// Frees `v` on a helper thread (started on first use), or here if it cannot be handed over.
+fn drop_later<T: Send + 'static>(v: T) {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+    type Garbage = Box<dyn Send>;
+    static BIN: OnceLock<Option<Mutex<Sender<Garbage>>>> = OnceLock::new();
+    let bin = BIN.get_or_init(|| {
+        let (tx, rx) = channel::<Garbage>();
+        std::thread::Builder::new()
+            .name("bpfipt-free".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| Mutex::new(tx))
+    });
+    if let Some(tx) = bin {
+        if let Ok(tx) = tx.lock() {
+            let _ = tx.send(Box::new(v));
+        }
     }
 }

@@ -108,27 +108,36 @@ impl Table {
     /// target payloads past each extension's user-visible size zeroed (`usersize`).
     pub fn entries_for_user(&self, usersize: UsersizeFn) -> Vec<u8> {
         let mut out = self.blob.clone();
-        let offs: Vec<(usize, Vec<(usize, bool)>)> = abi::entries(self.family, &self.blob)
-            .map(|e| {
-                let mut objs: Vec<(usize, bool)> = Vec::new();
-                let mut off = self.family.entry_size();
-                for m in e.matches() {
-                    objs.push((e.offset + off, false));
-                    off += m.size();
-                }
-                objs.push((e.offset + e.target_offset(), true));
-                (e.offset, objs)
-            })
-            .collect();
-        for (i, (eoff, objs)) in offs.into_iter().enumerate() {
+        // Neighbouring rules mostly use the same extensions: remember the last answers.
+        type Seen<'b> = Option<(&'b [u8], u8, Option<usize>)>;
+        let mut last: [Seen<'_>; 2] = [None, None];
+        for (i, e) in abi::entries(self.family, &self.blob).enumerate() {
             let c = self.counters.get(i).copied().unwrap_or_default();
-            abi::set_entry_counters(self.family, &mut out, eoff, c);
+            abi::set_entry_counters(self.family, &mut out, e.offset, c);
+            let mut off = self.family.entry_size();
+            let objs = e
+                .matches()
+                .map(|m| {
+                    let o = (e.offset + off, false);
+                    off += m.size();
+                    o
+                })
+                .chain(std::iter::once((e.offset + e.target_offset(), true)));
             for (ooff, is_target) in objs {
-                let size = u16::from_ne_bytes([out[ooff], out[ooff + 1]]) as usize;
+                let size = u16::from_ne_bytes([self.blob[ooff], self.blob[ooff + 1]]) as usize;
                 let obj = abi::XtObj {
                     bytes: &self.blob[ooff..ooff + size],
                 };
-                if let Some(us) = usersize(self.family, is_target, obj.name(), obj.revision()) {
+                let (name, rev) = (obj.name(), obj.revision());
+                let us = match last[is_target as usize] {
+                    Some((n, r, us)) if n == name && r == rev => us,
+                    _ => {
+                        let us = usersize(self.family, is_target, name, rev);
+                        last[is_target as usize] = Some((name, rev, us));
+                        us
+                    }
+                };
+                if let Some(us) = us {
                     let data = ooff + abi::XT_HDR;
                     let end = ooff + size;
                     if data + us < end {

@@ -268,6 +268,17 @@ pub fn map_name(map: &impl AsRawFd) -> io::Result<String> {
     Ok(String::from_utf8_lossy(crate::abi::c_str(&info[24..40])).into_owned())
 }
 
+/// A map's max_entries (struct bpf_map_info: max_entries at 16).
+pub fn map_max_entries(map: &impl AsRawFd) -> io::Result<u32> {
+    let mut info = [0u8; 128];
+    let mut a = Attr::new();
+    a.u32(0, map.as_raw_fd() as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(u32::from_ne_bytes(info[16..20].try_into().unwrap()))
+}
+
 /// Index of the loopback interface (always 1 in a namespace, but ask).
 pub fn loopback_ifindex() -> u32 {
     // SAFETY: if_nametoindex reads a NUL-terminated name.

@@ -607,10 +607,10 @@ pub const XT_INV_PROTO: u8 = 0x40;
 
 fn find(kind: Kind, nf: NfProto, name: &[u8], revision: u8) -> (Option<&'static ExtInfo>, bool) {
     // Every rule of every commit looks its extensions up: index the table once.
-    type Index = std::collections::HashMap<(Kind, NfProto, &'static [u8]), Vec<&'static ExtInfo>>;
+    type Index = crate::layout::FxMap<(Kind, NfProto, &'static [u8]), Vec<&'static ExtInfo>>;
     static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
     let index = INDEX.get_or_init(|| {
-        let mut m: Index = std::collections::HashMap::new();
+        let mut m = Index::default();
         for e in EXTENSIONS {
             m.entry((e.kind, e.family, e.name.as_bytes()))
                 .or_default()
