@@ -2,9 +2,11 @@
 # daemon of this checkout, and small assertions. Source it; call `e2e_init` first.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SHIM="$ROOT/target/release/libbpfipt.so"
-BPFIPT="$ROOT/target/release/bpfipt"
-export BPFIPT_DAEMON="$ROOT/target/release/bpfiptd"
+# The build of this checkout (cargo's CARGO_TARGET_DIR if set, as `cargo build` used it).
+REL="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+SHIM="$REL/libbpfipt.so"
+BPFIPT="$REL/bpfipt"
+export BPFIPT_DAEMON="$REL/bpfiptd"
 E2E_NS=()
 E2E_FAILS=0
 E2E_PASSES=0

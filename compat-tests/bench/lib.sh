@@ -6,7 +6,7 @@
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$BENCH_DIR/../lib.sh"
 E2E_PREFIX="bb$$-$BENCH"
-BIN="$ROOT/target/release"
+BIN="$REL"
 GEN="$BIN/examples/gen"
 ALL_BACKENDS="none legacy nft bpfipt bpfipt-xdp"
 # Debian's python3 (python3-matplotlib, from scripts/install-deps.sh), not one a PATH may put first.
@@ -71,6 +71,11 @@ bench_init() {
         (cd "$ROOT" && cargo build --release --workspace --bins --lib &&
             cargo build --release -p bpfipt-translator --example gen) >&2 || exit 1
     fi
+    # A missing shim would make "bpfipt" silently measure the kernel (ld.so ignores it).
+    local f
+    for f in "$GEN" "$BIN/udpblast" "$SHIM" "$BPFIPT_DAEMON"; do
+        [ -e "$f" ] || { echo "$0: $f is missing after the build" >&2; exit 1; }
+    done
     WORK=$(mktemp -d /tmp/bpfipt-bench.XXXXXX)
     SAMPLES="$WORK/samples.tsv" NOTES="$WORK/notes.txt"
     : > "$SAMPLES"; : > "$NOTES"
