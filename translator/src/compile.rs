@@ -83,6 +83,10 @@ pub const MATCHERS: &[Matcher] = &[
     m("length", 0, HOOKS_ALL),
     m("ttl", 0, HOOKS_ALL),
     m("comment", 0, HOOKS_ALL),
+    m("conntrack", 1, HOOKS_ALL),
+    m("conntrack", 2, HOOKS_ALL),
+    m("conntrack", 3, HOOKS_ALL),
+    m("state", 0, HOOKS_ALL),
     t("std.accept", 0),
     t("std.drop", 0),
     t("std.return", 0),
@@ -524,6 +528,16 @@ fn lower_match(
         };
     match &typed {
         Match::Comment(_) => return Ok(()),
+        Match::Conntrack(_) | Match::State(_) => {
+            for mr in crate::conntrack::lower(&typed)? {
+                if *n >= MAX_MATCHES {
+                    return Err(Why::TooManyMatches);
+                }
+                rec.m[*n] = mr;
+                *n += 1;
+            }
+            return Ok(());
+        }
         Match::Tcp(t) => {
             if t.option != 0 || t.option_inv {
                 return Err(Why::Option("--tcp-option"));
