@@ -477,10 +477,16 @@ static __always_inline void icmp_error(struct __sk_buff *skb, const struct pkt *
 	e = ct_find(&r->key, s, a, now, &dir);
 	if (!e)
 		return;
-	if (proto == IPPROTO_ICMP &&
-	    (dir ? (icmp_inv(e->orig_dport >> 8) - 1) << 8 | (e->orig_dport & 0xff) : e->orig_dport) !=
-		    b)
-		return;
+	if (proto == IPPROTO_ICMP) {
+		__u16 rep = ((icmp_inv(e->orig_dport >> 8) - 1) << 8) | (e->orig_dport & 0xff);
+
+		if (b == e->orig_dport && s == e->orig_src)
+			dir = 0;
+		else if (b == rep && s == e->orig_dst)
+			dir = 1;
+		else
+			return;
+	}
 	/* The error travels against the quoted packet; it must go to the quoted source. */
 	if (p->daddr != s)
 		return;
@@ -553,10 +559,14 @@ static __always_inline int ct_track(struct __sk_buff *skb, const struct pkt *p,
 		ct_key(&r->key, p->saddr, p->daddr, a, b, p->proto, 0);
 	e = ct_find(&r->key, p->saddr, a, now, &dir);
 	if (e && p->proto == IPPROTO_ICMP) {
-		__u16 want = dir ? ((icmp_inv(e->orig_dport >> 8) - 1) << 8) | (e->orig_dport & 0xff)
-				 : e->orig_dport;
+		/* The type tells the direction (both ends may be one address, as on lo). */
+		__u16 rep = ((icmp_inv(e->orig_dport >> 8) - 1) << 8) | (e->orig_dport & 0xff);
 
-		if (want != b)
+		if (b == e->orig_dport && p->saddr == e->orig_src)
+			dir = 0;
+		else if (b == rep && p->saddr == e->orig_dst)
+			dir = 1;
+		else
 			/* Another tuple in the kernel (e.g. an echo reply sent as a request). */
 			e = 0;
 	}

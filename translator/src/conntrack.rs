@@ -635,6 +635,120 @@ pub fn set_enabled(dp: &Dataplane, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// conntrack-tools' name in its summary lines (the format scripts parse).
+const TOOL: &str = "conntrack v1.4.7 (conntrack-tools)";
+
+const CLI_USAGE: &str = "usage: bpfipt conntrack -L|-D [-p PROTO] [-s ADDR] [-d ADDR] | -C | -F \
+| --settings | --set NAME VALUE";
+
+fn proto_number(s: &str) -> Option<u8> {
+    match s {
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "icmp" => Some(1),
+        "udplite" => Some(136),
+        "sctp" => Some(132),
+        "dccp" => Some(33),
+        "gre" => Some(47),
+        _ => s.parse().ok(),
+    }
+}
+
+/// `bpfipt conntrack ...`: the table of this namespace's datapath, as `conntrack` shows
+/// and changes the kernel's. Returns the exit status.
+pub fn cli(args: &[&str]) -> i32 {
+    let usage = || {
+        eprintln!("{CLI_USAGE}");
+        2
+    };
+    let Some((cmd, rest)) = args.split_first() else {
+        return usage();
+    };
+    let mut f = Filter::default();
+    let mut set: Option<(&str, u32)> = None;
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        let v = it.next();
+        match (*a, v) {
+            ("-p" | "--proto", Some(v)) => match proto_number(v) {
+                Some(p) => f.proto = Some(p),
+                None => return usage(),
+            },
+            ("-s" | "--src" | "--orig-src", Some(v)) => match v.parse() {
+                Ok(a) => f.src = Some(a),
+                Err(_) => return usage(),
+            },
+            ("-d" | "--dst" | "--orig-dst", Some(v)) => match v.parse() {
+                Ok(a) => f.dst = Some(a),
+                Err(_) => return usage(),
+            },
+            (name, Some(v)) if *cmd == "--set" && set.is_none() => match v.parse() {
+                Ok(n) => set = Some((name, n)),
+                Err(_) => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let t = match Table::attached() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bpfipt: {e}");
+            return 1;
+        }
+    };
+    let r = (|| -> Result<(), CtError> {
+        match *cmd {
+            "-L" | "--dump" => {
+                let now = now_ns();
+                let flows = t.list(&f)?;
+                for x in &flows {
+                    println!("{}", x.format(now));
+                }
+                eprintln!("{TOOL}: {} flow entries have been shown.", flows.len());
+            }
+            "-C" | "--count" => println!("{}", t.list(&Filter::default())?.len()),
+            "-D" | "--delete" => {
+                let n = t.delete(&f)?;
+                eprintln!("{TOOL}: {n} flow entries have been deleted.");
+            }
+            "-F" | "--flush" => {
+                t.delete(&Filter::default())?;
+                eprintln!("{TOOL}: connection tracking table has been emptied.");
+            }
+            "--settings" => print!("{}", t.config()?.describe()),
+            "--set" => {
+                let (name, v) = set.ok_or_else(|| CtError::UnknownSetting(String::new()))?;
+                let mut c = t.config()?;
+                c.set(name, v)?;
+                t.set_config(&c)?;
+            }
+            _ => return Err(CtError::UnknownSetting(cmd.to_string())),
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => 0,
+        Err(CtError::UnknownSetting(s)) if s.is_empty() || s == *cmd => usage(),
+        Err(e) => {
+            eprintln!("bpfipt: {e}");
+            1
+        }
+    }
+}
+
+/// The daemon's garbage collection (the kernel's gc_worker): expired entries are removed
+/// every `period`, so the table's memory follows the live connections.
+pub fn gc_loop(period: std::time::Duration, stop: &std::sync::atomic::AtomicBool) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(period);
+        if let Ok(t) = Table::attached() {
+            if t.config().is_ok_and(|c| c.enabled) {
+                let _ = t.gc();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -705,6 +819,13 @@ mod tests {
         }
     }
 
+    /// Lines as `conntrack -L` (conntrack-tools 1.4.7) printed them for the kernel's table
+    /// (6.18) in `unshare -n` after `ping -c1 127.0.0.1` and a socat TCP echo to port 22:
+    ///   tcp      6 118 TIME_WAIT src=127.0.0.1 dst=127.0.0.1 sport=48960 dport=22 src=127.0.0.1
+    ///     dst=127.0.0.1 sport=22 dport=48960 [ASSURED] mark=0 use=1
+    ///   icmp     1 28 src=127.0.0.1 dst=127.0.0.1 type=8 code=0 id=16486 src=127.0.0.1
+    ///     dst=127.0.0.1 type=0 code=0 id=16486 mark=0 use=1
+    ///   udp      17 28 src=127.0.0.1 dst=127.0.0.1 sport=38844 dport=53 [UNREPLIED] src=...
     #[test]
     fn flow_format_like_conntrack_tools() {
         let mut v = vec![0u8; ENTRY_SIZE];
