@@ -22,6 +22,7 @@ step "daemon" "$here/daemon.sh"
 step "package" "$here/package.sh"
 step "counters" "$here/counters.sh"
 step "datapath" "$here/datapath.sh"
+step "stateful" "$here/stateful.sh"
 step "fuzz (60 s)" "$here/fuzz.sh" 60
 
 upstream() {
