@@ -24,6 +24,8 @@ PROBE="$here/tools/ctprobe.py"
 
 topo3 k; KC=$C; KF=$F; KS=$S
 topo3 b; BC=$C; BF=$F; BS=$S
+# topo3 names them in command substitutions, where ns_new cannot record them for cleanup.
+E2E_NS+=("$KC" "$KF" "$KS" "$BC" "$BF" "$BS")
 for ns in "$KC" "$KF" "$KS" "$BC" "$BF" "$BS"; do
     # ICMP errors in quick succession must not be rate limited on either side.
     ip netns exec "$ns" sysctl -qw net.ipv4.icmp_ratelimit=0
