@@ -27,6 +27,7 @@ step "datapath" "$here/datapath.sh"
 # BPFIPT_DIFFTEST_CASES.
 step "difftest" "$here/difftest.sh" --cases "${BPFIPT_DIFFTEST_CASES:-8000}" \
     --seed "${BPFIPT_DIFFTEST_SEED:-1}" --counters --show 3
+step "stateful" "$here/stateful.sh"
 step "fuzz (60 s)" "$here/fuzz.sh" 60
 
 # The benchmarks measure (compat-tests/bench, BENCH.md); here only that they still run: one

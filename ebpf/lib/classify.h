@@ -16,6 +16,7 @@
 
 #include "common.h"
 #include "counters.h"
+#include "conntrack.h"
 
 #define MAX_STEPS (1 << 22)
 
@@ -304,6 +305,9 @@ static __always_inline int match_one(const struct bpfipt_match *m, const struct 
 	case BPFIPT_M_LENGTH:
 		return (p->tot_len >= m->u.length.min && p->tot_len <= m->u.length.max) ^
 		       !!(m->inv & BPFIPT_INV_ANY);
+	case BPFIPT_M_CONNTRACK:
+	case BPFIPT_M_CT_ADDR:
+		return ct_match(m);
 	case BPFIPT_M_TTL:
 		switch (m->flags) {
 		case BPFIPT_TTL_EQ:

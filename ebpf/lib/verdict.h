@@ -8,6 +8,7 @@
 #include "classify.h"
 #include "reject.h"
 #include "frag.h"
+#include "conntrack.h"
 
 static __always_inline struct state *get_state(void)
 {
@@ -126,8 +127,11 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		}
 	}
-	return run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0,
-			skb->ifindex);
+	if (ct_begin(skb, &st->p, skb->ifindex == cfg_lo(), 0) < 0)
+		return TC_ACT_SHOT;
+	r = run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0,
+		     skb->ifindex);
+	return ct_end(skb, r, 0);
 }
 
 static __always_inline int hook_egress(struct __sk_buff *skb)
@@ -135,7 +139,7 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 	struct bpfipt_config *cfg = get_config();
 	struct state *st = get_state();
 	__u32 entry, in_ifindex;
-	int r;
+	int r, reply;
 
 	if (!cfg || !st)
 		return TC_ACT_OK;
@@ -148,7 +152,8 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 		count_reason(r == PARSE_NOT_IPV4 ? BPFIPT_R_PASS_NOT_IPV4 : BPFIPT_R_MALFORMED);
 		return TC_ACT_OK;
 	}
-	if (skb->tc_index == BPFIPT_TC_INDEX_REPLY || skb->ingress_ifindex == 0) {
+	reply = skb->tc_index == BPFIPT_TC_INDEX_REPLY;
+	if (reply || skb->ingress_ifindex == 0) {
 		/* Locally generated (our REJECT replies included, as the kernel's go through
 		 * ip_local_out): OUTPUT. */
 		skb->tc_index = 0;
@@ -158,8 +163,11 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 		entry = BPFIPT_CHAIN_FORWARD;
 		in_ifindex = skb->ingress_ifindex;
 	}
-	return run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex,
-			in_ifindex ? in_ifindex : skb->ifindex);
+	if (ct_begin(skb, &st->p, 0, reply) < 0)
+		return TC_ACT_SHOT;
+	r = run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex,
+		     in_ifindex ? in_ifindex : skb->ifindex);
+	return ct_end(skb, r, skb->ifindex == cfg_lo());
 }
 
 #endif

@@ -116,6 +116,8 @@ pub struct Prepared {
     image: Image,
     asg: SlotAssignment,
     slots: Vec<Option<u32>>,
+    /// The table has conntrack/state rules: the tracker runs.
+    ct: bool,
 }
 
 /// The namespace's running datapath.
@@ -203,6 +205,8 @@ impl Datapath {
         let dp = Dataplane::load(limits)?;
         dp.write_image(0, &p.image)?;
         dp.write_image(1, &p.image)?;
+        // Connections and settings of the datapath this one replaces carry over.
+        crate::conntrack::start(&dp, p.ct).map_err(ApplyError::Io)?;
         let ingress = dp.prog_fd(Prog::Ingress)?;
         let egress = dp.prog_fd(Prog::Egress)?;
         let mut d = Datapath {
@@ -294,7 +298,14 @@ impl Datapath {
                 );
             }
         }
+        // The tracker runs before the first ruleset that needs it and after the last.
+        if p.ct {
+            crate::conntrack::set_enabled(&self.dp, true).map_err(ApplyError::Io)?;
+        }
         self.dp.flip()?;
+        if !p.ct {
+            crate::conntrack::set_enabled(&self.dp, false).map_err(ApplyError::Io)?;
+        }
         log::debug(&format!(
             "datapath commit: {} changes, diff {:?}, write+flip {:?}",
             changes.len(),
@@ -511,7 +522,13 @@ pub fn prepare_fresh(rs: &Ruleset, entries: usize) -> Result<Prepared, ApplyErro
 fn prepare(rs: &Ruleset, prev: &SlotAssignment, entries: usize) -> Result<Prepared, ApplyError> {
     let (image, asg) = compile::compile(rs, prev).map_err(ApplyError::Compile)?;
     let slots = entry_slots(rs, &asg, entries);
-    Ok(Prepared { image, asg, slots })
+    let ct = crate::conntrack::uses_conntrack(rs);
+    Ok(Prepared {
+        image,
+        asg,
+        slots,
+        ct,
+    })
 }
 
 #[cfg(test)]

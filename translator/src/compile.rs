@@ -85,6 +85,10 @@ pub const MATCHERS: &[Matcher] = &[
     m("length", 0, HOOKS_ALL),
     m("ttl", 0, HOOKS_ALL),
     m("comment", 0, HOOKS_ALL),
+    m("conntrack", 1, HOOKS_ALL),
+    m("conntrack", 2, HOOKS_ALL),
+    m("conntrack", 3, HOOKS_ALL),
+    m("state", 0, HOOKS_ALL),
     t("std.accept", 0),
     t("std.drop", 0),
     t("std.return", 0),
@@ -568,6 +572,16 @@ fn lower_match(
         };
     match &typed {
         Match::Comment(_) => return Ok(()),
+        Match::Conntrack(_) | Match::State(_) => {
+            for mr in crate::conntrack::lower(&typed)? {
+                if *n >= MAX_MATCHES {
+                    return Err(Why::TooManyMatches);
+                }
+                rec.m[*n] = mr;
+                *n += 1;
+            }
+            return Ok(());
+        }
         Match::Tcp(t) => {
             mr.kind = kind::TCP;
             mr.inv = (t.sport_inv as u8) | (t.dport_inv as u8) << 1 | (t.flags_inv as u8) << 2;

@@ -108,6 +108,12 @@ impl Daemon {
             std::thread::spawn(move || me.watch_namespace());
         }
         self.clone().watch_links();
+        {
+            let me = self.clone();
+            std::thread::spawn(move || {
+                crate::conntrack::gc_loop(std::time::Duration::from_secs(5), &me.stop)
+            });
+        }
         for conn in listener.incoming() {
             if self.stop.load(Ordering::SeqCst) {
                 break;

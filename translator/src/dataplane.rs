@@ -282,6 +282,7 @@ impl Dataplane {
             .map_max_entries("addrs", limits.addr_classes)
             .map_max_entries("ifnames", limits.ifnames)
             .map_max_entries("local4", limits.local_addrs)
+            .map_max_entries("ct", crate::conntrack::map_entries())
             .load(OBJECT)
             .map_err(|e| Error::Load(format!("{e:?}")))?;
         for p in [Prog::Ingress, Prog::Egress] {
@@ -325,6 +326,11 @@ impl Dataplane {
             lo_ifindex: sys::loopback_ifindex(),
         })?;
         Ok(dp)
+    }
+
+    /// A map of the object by name (the conntrack maps, which no image writes).
+    pub fn map(&self, name: &'static str) -> Result<OwnedFd, Error> {
+        map_fd(&self.ebpf, name)
     }
 
     /// The program's fd, for attachment (`sys::tcx_attach`).

@@ -346,13 +346,13 @@ pub fn ifname_hash(name: &[u8; 16]) -> u32 {
 /// Cilium's alignchecker: the sizes and member offsets of the C structs, read from the BTF
 /// of the compiled object, must equal the Rust mirrors'.
 #[cfg(test)]
-mod alignchecker {
+pub(crate) mod alignchecker {
     use super::*;
     use std::collections::HashMap;
     use std::mem::{offset_of, size_of};
 
     /// struct name -> (size, member name -> byte offset), from the object's `.BTF`.
-    fn btf_structs() -> HashMap<String, (u32, HashMap<String, u32>)> {
+    pub(crate) fn btf_structs() -> HashMap<String, (u32, HashMap<String, u32>)> {
         use object::{Object, ObjectSection};
         let obj = object::File::parse(crate::dataplane::OBJECT).unwrap();
         let btf = obj.section_by_name(".BTF").unwrap().data().unwrap();

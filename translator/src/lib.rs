@@ -10,6 +10,7 @@ pub mod apply;
 pub mod attach;
 pub mod check;
 pub mod compile;
+pub mod conntrack;
 pub mod daemon;
 pub mod dataplane;
 pub mod enforce;

@@ -900,6 +900,9 @@ const EXTRA: &[(&str, &[H])] = &[
     ("std.return", ALL),
     ("std.policy", ALL),
     ("REJECT", ALL),
+    // tests/conntrack.rs
+    ("conntrack", ALL),
+    ("state", ALL),
 ];
 
 #[test]

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: bpfipt status | bpfipt daemon stop | bpfipt kernel-dump {-4|-6} TABLE";
+const USAGE: &str = "usage: bpfipt status | bpfipt daemon stop | bpfipt kernel-dump {-4|-6} TABLE \
+| bpfipt conntrack -L|-C|-D|-F|--settings|--set ...";
 
 /// Writes the kernel's own table (GET_INFO then the entries) of the current namespace as hex,
 /// for capturing golden data and debugging: `ipt_getinfo` on the first line, entries after.
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     if let ["kernel-dump", fam, table] = args.as_slice() {
         return kernel_dump(fam, table);
+    }
+    if let ["conntrack", rest @ ..] = args.as_slice() {
+        return ExitCode::from(translator::conntrack::cli(rest) as u8);
     }
     let cmd = match args.as_slice() {
         ["status"] => "status",

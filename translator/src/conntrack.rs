@@ -1,0 +1,857 @@
+//! Connection tracking in the datapath (ebpf/lib/conntrack.h): `-m conntrack` and
+//! `-m state` lowered to match records, the tracker's configuration (the analogue of the
+//! `net.netfilter.nf_conntrack_*` sysctls), and the table as `conntrack -L/-D/-F/-C` shows
+//! and changes it, with the daemon's garbage collection of expired entries.
+//!
+//! Layouts mirror include/bpfipt_ct.h. The tables of a namespace are found through the
+//! programs attached to its `lo`, as the counters are, so the command needs no daemon.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+
+use crate::compile::Why;
+use crate::dataplane::Dataplane;
+use crate::ext::{Conntrack, CtDirection, CtStates, Match};
+use crate::ir::Ruleset;
+use crate::layout::MatchRec;
+use crate::sys;
+
+/// `BPFIPT_M_CONNTRACK`, `BPFIPT_M_CT_ADDR`.
+pub const KIND_CONNTRACK: u8 = 32;
+pub const KIND_CT_ADDR: u8 = 33;
+
+/// xt_conntrack's `match_flags` bits.
+pub mod flag {
+    pub const STATE: u16 = 0x0001;
+    pub const PROTO: u16 = 0x0002;
+    pub const ORIGSRC: u16 = 0x0004;
+    pub const ORIGDST: u16 = 0x0008;
+    pub const REPLSRC: u16 = 0x0010;
+    pub const REPLDST: u16 = 0x0020;
+    pub const STATUS: u16 = 0x0040;
+    pub const EXPIRES: u16 = 0x0080;
+    pub const ORIGSRC_PORT: u16 = 0x0100;
+    pub const ORIGDST_PORT: u16 = 0x0200;
+    pub const REPLSRC_PORT: u16 = 0x0400;
+    pub const REPLDST_PORT: u16 = 0x0800;
+    pub const DIRECTION: u16 = 0x1000;
+}
+
+/// State bits as `XT_CONNTRACK_STATE_*`.
+fn state_bits(s: &CtStates) -> u16 {
+    let b = |x: bool, v: u16| if x { v } else { 0 };
+    b(s.invalid, 0x01)
+        | b(s.established, 0x02)
+        | b(s.related, 0x04)
+        | b(s.new, 0x08)
+        | b(s.snat, 0x40)
+        | b(s.dnat, 0x80)
+        | b(s.untracked, 0x100)
+}
+
+/// Whether a ruleset needs the tracker (the kernel registers conntrack for a namespace
+/// when such a rule is added).
+pub fn uses_conntrack(rs: &Ruleset) -> bool {
+    rs.chains.iter().any(|c| {
+        c.rules.iter().any(|r| {
+            r.matches
+                .iter()
+                .any(|m| m.name == "conntrack" || m.name == "state")
+        })
+    })
+}
+
+/// The match records of a `-m conntrack` or `-m state` match: one for state, protocol,
+/// ports, status, expiry and direction, and one more when addresses are tested.
+pub fn lower(m: &Match) -> Result<Vec<MatchRec>, Why> {
+    match m {
+        Match::State(s) => {
+            let mut r = MatchRec {
+                kind: KIND_CONNTRACK,
+                ..Default::default()
+            };
+            r.put_u16(0, state_bits(&s.states));
+            r.put_u16(2, flag::STATE);
+            Ok(vec![r])
+        }
+        Match::Conntrack(c) => lower_conntrack(c),
+        _ => Err(Why::UnknownExtension),
+    }
+}
+
+fn v4(a: &std::net::IpAddr) -> Result<u32, Why> {
+    match a {
+        std::net::IpAddr::V4(a) => Ok(u32::from_ne_bytes(a.octets())),
+        std::net::IpAddr::V6(_) => Err(Why::Payload),
+    }
+}
+
+fn lower_conntrack(c: &Conntrack) -> Result<Vec<MatchRec>, Why> {
+    let mut r = MatchRec {
+        kind: KIND_CONNTRACK,
+        ..Default::default()
+    };
+    let (mut flags, mut inv) = (0u16, 0u16);
+    let mut set = |bit: u16, i: bool| {
+        flags |= bit;
+        if i {
+            inv |= bit;
+        }
+    };
+    if let Some(s) = &c.state {
+        set(flag::STATE, s.inv);
+        r.put_u16(0, state_bits(&s.value));
+    }
+    if let Some(p) = &c.proto {
+        set(flag::PROTO, p.inv);
+        r.put_u16(6, p.value);
+    }
+    if let Some(s) = &c.status {
+        set(flag::STATUS, s.inv);
+        r.put_u32(8, s.value as u32);
+    }
+    if let Some(e) = &c.expires {
+        set(flag::EXPIRES, e.inv);
+        r.put_u32(12, *e.value.start());
+        r.put_u32(16, *e.value.end());
+    }
+    for (bit, off, p) in [
+        (flag::ORIGSRC_PORT, 20, &c.origsrc_port),
+        (flag::ORIGDST_PORT, 24, &c.origdst_port),
+        (flag::REPLSRC_PORT, 28, &c.replsrc_port),
+        (flag::REPLDST_PORT, 32, &c.repldst_port),
+    ] {
+        if let Some(p) = p {
+            set(bit, p.inv);
+            r.put_u16(off, *p.value.start());
+            r.put_u16(off + 2, *p.value.end());
+        }
+    }
+    if let Some(d) = c.direction {
+        set(flag::DIRECTION, d == CtDirection::Reply);
+    }
+    r.put_u16(2, flags);
+    r.put_u16(4, inv);
+    let mut out = vec![r];
+    let mut a = MatchRec {
+        kind: KIND_CT_ADDR,
+        ..Default::default()
+    };
+    let (mut aflags, mut ainv) = (0u16, 0u16);
+    for (i, (bit, am)) in [
+        (flag::ORIGSRC, &c.origsrc),
+        (flag::ORIGDST, &c.origdst),
+        (flag::REPLSRC, &c.replsrc),
+        (flag::REPLDST, &c.repldst),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some(am) = am {
+            aflags |= bit;
+            if am.inv {
+                ainv |= bit;
+            }
+            a.put_u32(8 * i, v4(&am.value.addr)?);
+            a.put_u32(8 * i + 4, v4(&am.value.mask)?);
+        }
+    }
+    if aflags != 0 {
+        a.put_u16(32, aflags);
+        a.put_u16(34, ainv);
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// The tracker's timeouts, by the name of their sysctl (`nf_conntrack_` + name), with the
+/// index in `struct bpfipt_ct_config.timeout` and the kernel's default in seconds.
+pub const TIMEOUTS: &[(&str, usize, u32)] = &[
+    ("tcp_timeout_syn_sent", 1, 120),
+    ("tcp_timeout_syn_recv", 2, 60),
+    ("tcp_timeout_established", 3, 432000),
+    ("tcp_timeout_fin_wait", 4, 120),
+    ("tcp_timeout_close_wait", 5, 60),
+    ("tcp_timeout_last_ack", 6, 30),
+    ("tcp_timeout_time_wait", 7, 120),
+    ("tcp_timeout_close", 8, 10),
+    ("tcp_timeout_syn_sent2", 9, 120),
+    ("tcp_timeout_max_retrans", 12, 300),
+    ("tcp_timeout_unacknowledged", 13, 300),
+    ("udp_timeout", 14, 30),
+    ("udp_timeout_stream", 15, 120),
+    ("icmp_timeout", 16, 30),
+    ("generic_timeout", 17, 600),
+];
+
+const NTIMEOUTS: usize = 18;
+
+/// `struct bpfipt_ct_config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CtConfig {
+    pub enabled: bool,
+    /// `nf_conntrack_max`.
+    pub max: u32,
+    /// `nf_conntrack_tcp_loose`.
+    pub loose: bool,
+    pub timeout: [u32; NTIMEOUTS],
+}
+
+/// The kernel's default table size when the host does not say (nf_conntrack_core.c
+/// derives it from memory; 262144 on the reference machine).
+const DEFAULT_MAX: u32 = 262144;
+
+impl Default for CtConfig {
+    /// The kernel's defaults; `nf_conntrack_max` is the host's when it has conntrack loaded.
+    fn default() -> Self {
+        let mut timeout = [0u32; NTIMEOUTS];
+        for (_, i, v) in TIMEOUTS {
+            timeout[*i] = *v;
+        }
+        let max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(DEFAULT_MAX);
+        CtConfig {
+            enabled: false,
+            max,
+            loose: true,
+            timeout,
+        }
+    }
+}
+
+pub const CONFIG_SIZE: usize = 16 + 4 * NTIMEOUTS;
+
+impl CtConfig {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(CONFIG_SIZE);
+        b.extend_from_slice(&(self.enabled as u32).to_ne_bytes());
+        b.extend_from_slice(&self.max.to_ne_bytes());
+        b.extend_from_slice(&(self.loose as u32).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        for t in self.timeout {
+            b.extend_from_slice(&t.to_ne_bytes());
+        }
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> CtConfig {
+        let u = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
+        let mut timeout = [0u32; NTIMEOUTS];
+        for (i, t) in timeout.iter_mut().enumerate() {
+            *t = u(16 + 4 * i);
+        }
+        CtConfig {
+            enabled: u(0) != 0,
+            max: u(4),
+            loose: u(8) != 0,
+            timeout,
+        }
+    }
+
+    /// Sets a value by its sysctl name (`nf_conntrack_` prefix optional): a timeout,
+    /// `max` or `tcp_loose`.
+    pub fn set(&mut self, name: &str, value: u32) -> Result<(), CtError> {
+        let n = name.strip_prefix("nf_conntrack_").unwrap_or(name);
+        match n {
+            "max" => self.max = value,
+            "tcp_loose" => self.loose = value != 0,
+            _ => {
+                let (_, i, _) = TIMEOUTS
+                    .iter()
+                    .find(|(t, _, _)| *t == n)
+                    .ok_or_else(|| CtError::UnknownSetting(name.to_string()))?;
+                self.timeout[*i] = value;
+            }
+        }
+        Ok(())
+    }
+
+    /// `name value` lines, as the sysctls read.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "nf_conntrack_max {}\nnf_conntrack_tcp_loose {}\n",
+            self.max, self.loose as u32
+        );
+        for (n, i, _) in TIMEOUTS {
+            s += &format!("nf_conntrack_{n} {}\n", self.timeout[*i]);
+        }
+        s
+    }
+}
+
+#[derive(Debug)]
+pub enum CtError {
+    /// No bpfipt datapath is attached in this namespace.
+    NoDatapath,
+    UnknownSetting(String),
+    Sys(io::Error),
+}
+
+impl std::fmt::Display for CtError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CtError::NoDatapath => write!(f, "no bpfipt datapath in this network namespace"),
+            CtError::UnknownSetting(s) => write!(f, "unknown setting {s}"),
+            CtError::Sys(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for CtError {}
+
+impl From<io::Error> for CtError {
+    fn from(e: io::Error) -> Self {
+        CtError::Sys(e)
+    }
+}
+
+pub const KEY_SIZE: usize = 16;
+pub const ENTRY_SIZE: usize = 48;
+
+/// IPS_* status bits.
+pub mod status {
+    pub const EXPECTED: u32 = 0x01;
+    pub const SEEN_REPLY: u32 = 0x02;
+    pub const ASSURED: u32 = 0x04;
+    pub const CONFIRMED: u32 = 0x08;
+}
+
+/// One connection (`struct bpfipt_ct_entry` with its key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub key: Vec<u8>,
+    pub expires_ns: u64,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// ICMP: the id.
+    pub sport: u16,
+    /// ICMP: type << 8 | code.
+    pub dport: u16,
+    pub status: u32,
+    pub proto: u8,
+    pub tcp_state: u8,
+}
+
+const TCP_STATE_NAMES: [&str; 10] = [
+    "NONE",
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "TIME_WAIT",
+    "CLOSE",
+    "SYN_SENT2",
+];
+
+/// The reply type of an ICMP query type (nf_conntrack_proto_icmp.c invmap).
+fn icmp_reply_type(t: u8) -> u8 {
+    match t {
+        8 => 0,
+        0 => 8,
+        13 => 14,
+        14 => 13,
+        15 => 16,
+        16 => 15,
+        17 => 18,
+        18 => 17,
+        x => x,
+    }
+}
+
+impl Flow {
+    pub fn parse(key: &[u8], v: &[u8]) -> Flow {
+        let u32n = |o: usize| u32::from_ne_bytes(v[o..o + 4].try_into().unwrap());
+        let u16n = |o: usize| u16::from_ne_bytes(v[o..o + 2].try_into().unwrap());
+        Flow {
+            key: key.to_vec(),
+            expires_ns: u64::from_ne_bytes(v[0..8].try_into().unwrap()),
+            src: Ipv4Addr::from(<[u8; 4]>::try_from(&v[16..20]).unwrap()),
+            dst: Ipv4Addr::from(<[u8; 4]>::try_from(&v[20..24]).unwrap()),
+            sport: u16n(24),
+            dport: u16n(26),
+            status: u32n(28),
+            proto: v[36],
+            tcp_state: v[37],
+        }
+    }
+
+    /// Seconds left at `now_ns` (CLOCK_MONOTONIC), as nf_ct_expires() / HZ.
+    pub fn remaining(&self, now_ns: u64) -> u64 {
+        self.expires_ns.saturating_sub(now_ns) / 1_000_000_000
+    }
+
+    /// One line of `conntrack -L` (conntrack-tools' default output, accounting off).
+    pub fn format(&self, now_ns: u64) -> String {
+        let name = match self.proto {
+            1 => "icmp",
+            6 => "tcp",
+            17 => "udp",
+            33 => "dccp",
+            47 => "gre",
+            132 => "sctp",
+            136 => "udplite",
+            _ => "unknown",
+        };
+        let mut s = format!("{:<8} {} {} ", name, self.proto, self.remaining(now_ns));
+        if self.proto == 6 {
+            let st = TCP_STATE_NAMES
+                .get(self.tcp_state as usize)
+                .copied()
+                .unwrap_or("NONE");
+            s += &format!("{st} ");
+        }
+        let tuple = |src: Ipv4Addr, dst: Ipv4Addr, reply: bool| -> String {
+            let mut t = format!("src={src} dst={dst} ");
+            match self.proto {
+                6 | 17 | 136 | 132 | 33 => {
+                    let (a, b) = if reply {
+                        (self.dport, self.sport)
+                    } else {
+                        (self.sport, self.dport)
+                    };
+                    t += &format!("sport={a} dport={b} ");
+                }
+                1 => {
+                    let ty = (self.dport >> 8) as u8;
+                    let ty = if reply { icmp_reply_type(ty) } else { ty };
+                    t += &format!("type={ty} code={} id={} ", self.dport & 0xff, self.sport);
+                }
+                _ => {}
+            }
+            t
+        };
+        s += &tuple(self.src, self.dst, false);
+        if self.status & status::SEEN_REPLY == 0 {
+            s += "[UNREPLIED] ";
+        }
+        s += &tuple(self.dst, self.src, true);
+        if self.status & status::ASSURED != 0 {
+            s += "[ASSURED] ";
+        }
+        s += "mark=0 use=1";
+        s
+    }
+}
+
+/// `-p`, `-s`, `-d` of `conntrack -L/-D`: protocol and original source/destination.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub proto: Option<u8>,
+    pub src: Option<Ipv4Addr>,
+    pub dst: Option<Ipv4Addr>,
+}
+
+impl Filter {
+    pub fn matches(&self, f: &Flow) -> bool {
+        self.proto.is_none_or(|p| p == f.proto)
+            && self.src.is_none_or(|a| a == f.src)
+            && self.dst.is_none_or(|a| a == f.dst)
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The conntrack maps of a loaded datapath.
+pub struct Table {
+    pub ct: OwnedFd,
+    pub config: OwnedFd,
+    pub count: OwnedFd,
+}
+
+impl Table {
+    /// The maps of the bpfipt programs attached in this namespace.
+    pub fn attached() -> Result<Table, CtError> {
+        let lo = sys::loopback_ifindex();
+        let (mut ct, mut config, mut count) = (None, None, None);
+        for ty in [sys::BPF_TCX_INGRESS, sys::BPF_TCX_EGRESS] {
+            for id in sys::tcx_query(lo, ty).unwrap_or_default() {
+                let Ok(prog) = sys::prog_fd_by_id(id) else {
+                    continue;
+                };
+                let Ok((_, maps)) = sys::prog_info(&prog) else {
+                    continue;
+                };
+                for m in maps {
+                    let Ok(fd) = sys::map_fd_by_id(m) else {
+                        continue;
+                    };
+                    match sys::map_name(&fd).ok().as_deref() {
+                        Some("ct") => ct = Some(fd),
+                        Some("ct_config") => config = Some(fd),
+                        Some("ct_count") => count = Some(fd),
+                        _ => {}
+                    }
+                }
+                if ct.is_some() && config.is_some() && count.is_some() {
+                    break;
+                }
+            }
+        }
+        match (ct, config, count) {
+            (Some(ct), Some(config), Some(count)) => Ok(Table { ct, config, count }),
+            _ => Err(CtError::NoDatapath),
+        }
+    }
+
+    pub fn config(&self) -> Result<CtConfig, CtError> {
+        let mut v = vec![0u8; CONFIG_SIZE];
+        sys::map_lookup(&self.config, &0u32.to_ne_bytes(), &mut v)?;
+        Ok(CtConfig::from_bytes(&v))
+    }
+
+    pub fn set_config(&self, c: &CtConfig) -> Result<(), CtError> {
+        sys::map_update(&self.config, &0u32.to_ne_bytes(), &c.to_bytes(), 0)?;
+        Ok(())
+    }
+
+    /// Every entry, expired ones included.
+    pub fn flows(&self) -> Result<Vec<Flow>, CtError> {
+        let mut out = Vec::new();
+        let mut v = vec![0u8; ENTRY_SIZE];
+        for k in sys::map_keys(&self.ct, KEY_SIZE)? {
+            if sys::map_lookup(&self.ct, &k, &mut v)? {
+                out.push(Flow::parse(&k, &v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Live flows that pass `f`.
+    pub fn list(&self, f: &Filter) -> Result<Vec<Flow>, CtError> {
+        let now = now_ns();
+        Ok(self
+            .flows()?
+            .into_iter()
+            .filter(|x| x.expires_ns > now && f.matches(x))
+            .collect())
+    }
+
+    /// Deletes the live flows that pass `f`; how many.
+    pub fn delete(&self, f: &Filter) -> Result<usize, CtError> {
+        let mut n = 0;
+        for x in self.list(f)? {
+            if sys::map_delete(&self.ct, &x.key)? {
+                n += 1;
+            }
+        }
+        self.recount()?;
+        Ok(n)
+    }
+
+    /// Removes expired entries (the kernel's gc worker); how many.
+    pub fn gc(&self) -> Result<usize, CtError> {
+        let now = now_ns();
+        let mut n = 0;
+        for x in self.flows()? {
+            if x.expires_ns <= now && sys::map_delete(&self.ct, &x.key)? {
+                n += 1;
+            }
+        }
+        self.recount()?;
+        Ok(n)
+    }
+
+    /// Sets `ct_count` to the entries present (the datapath keeps it exact between runs).
+    fn recount(&self) -> Result<(), CtError> {
+        let n = sys::map_keys(&self.ct, KEY_SIZE)?.len() as u64;
+        sys::map_update(&self.count, &0u32.to_ne_bytes(), &n.to_ne_bytes(), 0)?;
+        Ok(())
+    }
+
+    pub fn count(&self) -> Result<u64, CtError> {
+        let mut v = [0u8; 8];
+        sys::map_lookup(&self.count, &0u32.to_ne_bytes(), &mut v)?;
+        Ok(u64::from_ne_bytes(v))
+    }
+}
+
+/// Size of the `ct` map: `nf_conntrack_max` at load (the map is not preallocated, so its
+/// memory follows the connections; the count enforces the configured maximum).
+pub fn map_entries() -> u32 {
+    CtConfig::default().max.max(1)
+}
+
+fn table_of(dp: &Dataplane) -> io::Result<Table> {
+    let m = |n| dp.map(n).map_err(|e| io::Error::other(e.to_string()));
+    Ok(Table {
+        ct: m("ct")?,
+        config: m("ct_config")?,
+        count: m("ct_count")?,
+    })
+}
+
+fn ct_err(e: CtError) -> io::Error {
+    match e {
+        CtError::Sys(e) => e,
+        e => io::Error::other(e.to_string()),
+    }
+}
+
+/// Sets a freshly loaded datapath's tracker up: the settings and the connections of the
+/// datapath attached now (a previous daemon's), else the kernel's defaults.
+pub fn start(dp: &Dataplane, enabled: bool) -> io::Result<()> {
+    let new = table_of(dp)?;
+    let mut cfg = CtConfig::default();
+    if let Ok(old) = Table::attached() {
+        if let Ok(c) = old.config() {
+            if c.max != 0 {
+                cfg = c;
+            }
+        }
+        let mut v = vec![0u8; ENTRY_SIZE];
+        for k in sys::map_keys(&old.ct, KEY_SIZE).unwrap_or_default() {
+            if sys::map_lookup(&old.ct, &k, &mut v).unwrap_or(false) {
+                let _ = sys::map_update(&new.ct, &k, &v, 0);
+            }
+        }
+        new.recount().map_err(ct_err)?;
+    }
+    cfg.enabled = enabled;
+    new.set_config(&cfg).map_err(ct_err)
+}
+
+/// Turns the tracker on or off, keeping the other settings.
+pub fn set_enabled(dp: &Dataplane, on: bool) -> io::Result<()> {
+    let t = table_of(dp)?;
+    let mut c = t.config().map_err(ct_err)?;
+    if c.enabled != on {
+        c.enabled = on;
+        t.set_config(&c).map_err(ct_err)?;
+    }
+    Ok(())
+}
+
+/// conntrack-tools' name in its summary lines (the format scripts parse).
+const TOOL: &str = "conntrack v1.4.7 (conntrack-tools)";
+
+const CLI_USAGE: &str = "usage: bpfipt conntrack -L|-D [-p PROTO] [-s ADDR] [-d ADDR] | -C | -F \
+| --settings | --set NAME VALUE";
+
+fn proto_number(s: &str) -> Option<u8> {
+    match s {
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "icmp" => Some(1),
+        "udplite" => Some(136),
+        "sctp" => Some(132),
+        "dccp" => Some(33),
+        "gre" => Some(47),
+        _ => s.parse().ok(),
+    }
+}
+
+/// `bpfipt conntrack ...`: the table of this namespace's datapath, as `conntrack` shows
+/// and changes the kernel's. Returns the exit status.
+pub fn cli(args: &[&str]) -> i32 {
+    let usage = || {
+        eprintln!("{CLI_USAGE}");
+        2
+    };
+    let Some((cmd, rest)) = args.split_first() else {
+        return usage();
+    };
+    let mut f = Filter::default();
+    let mut set: Option<(&str, u32)> = None;
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        let v = it.next();
+        match (*a, v) {
+            ("-p" | "--proto", Some(v)) => match proto_number(v) {
+                Some(p) => f.proto = Some(p),
+                None => return usage(),
+            },
+            ("-s" | "--src" | "--orig-src", Some(v)) => match v.parse() {
+                Ok(a) => f.src = Some(a),
+                Err(_) => return usage(),
+            },
+            ("-d" | "--dst" | "--orig-dst", Some(v)) => match v.parse() {
+                Ok(a) => f.dst = Some(a),
+                Err(_) => return usage(),
+            },
+            (name, Some(v)) if *cmd == "--set" && set.is_none() => match v.parse() {
+                Ok(n) => set = Some((name, n)),
+                Err(_) => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let t = match Table::attached() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bpfipt: {e}");
+            return 1;
+        }
+    };
+    let r = (|| -> Result<(), CtError> {
+        match *cmd {
+            "-L" | "--dump" => {
+                let now = now_ns();
+                let flows = t.list(&f)?;
+                for x in &flows {
+                    println!("{}", x.format(now));
+                }
+                eprintln!("{TOOL}: {} flow entries have been shown.", flows.len());
+            }
+            "-C" | "--count" => println!("{}", t.list(&Filter::default())?.len()),
+            "-D" | "--delete" => {
+                let n = t.delete(&f)?;
+                eprintln!("{TOOL}: {n} flow entries have been deleted.");
+            }
+            "-F" | "--flush" => {
+                t.delete(&Filter::default())?;
+                eprintln!("{TOOL}: connection tracking table has been emptied.");
+            }
+            "--settings" => print!("{}", t.config()?.describe()),
+            "--set" => {
+                let (name, v) = set.ok_or_else(|| CtError::UnknownSetting(String::new()))?;
+                let mut c = t.config()?;
+                c.set(name, v)?;
+                t.set_config(&c)?;
+            }
+            _ => return Err(CtError::UnknownSetting(cmd.to_string())),
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => 0,
+        Err(CtError::UnknownSetting(s)) if s.is_empty() || s == *cmd => usage(),
+        Err(e) => {
+            eprintln!("bpfipt: {e}");
+            1
+        }
+    }
+}
+
+/// The daemon's garbage collection (the kernel's gc_worker): expired entries are removed
+/// every `period`, so the table's memory follows the live connections.
+pub fn gc_loop(period: std::time::Duration, stop: &std::sync::atomic::AtomicBool) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(period);
+        if let Ok(t) = Table::attached() {
+            if t.config().is_ok_and(|c| c.enabled) {
+                let _ = t.gc();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trip_and_names() {
+        let mut c = CtConfig {
+            enabled: true,
+            ..Default::default()
+        };
+        c.set("nf_conntrack_udp_timeout", 5).unwrap();
+        c.set("tcp_timeout_established", 7).unwrap();
+        c.set("max", 10).unwrap();
+        assert!(matches!(
+            c.set("nf_conntrack_bogus", 1),
+            Err(CtError::UnknownSetting(_))
+        ));
+        let b = c.to_bytes();
+        assert_eq!(b.len(), CONFIG_SIZE);
+        let d = CtConfig::from_bytes(&b);
+        assert_eq!(d, c);
+        assert_eq!(d.timeout[14], 5);
+        assert_eq!(d.timeout[3], 7);
+        assert_eq!(d.max, 10);
+    }
+
+    /// The defaults must be the running kernel's (read from its sysctls in a namespace
+    /// with conntrack loaded).
+    #[test]
+    fn default_timeouts_are_the_kernels() {
+        let d = CtConfig::default();
+        let dir = std::path::Path::new("/proc/sys/net/netfilter");
+        let mut checked = 0;
+        for (n, i, _) in TIMEOUTS {
+            let Ok(s) = std::fs::read_to_string(dir.join(format!("nf_conntrack_{n}"))) else {
+                continue;
+            };
+            assert_eq!(s.trim().parse::<u32>().unwrap(), d.timeout[*i], "{n}");
+            checked += 1;
+        }
+        if dir.join("nf_conntrack_max").exists() {
+            assert!(checked >= 13, "only {checked} sysctls found");
+        }
+    }
+
+    /// The byte offsets this module reads and writes are the C structs' (object's BTF).
+    #[test]
+    fn layouts_match_the_object() {
+        let b = crate::layout::alignchecker::btf_structs();
+        let off = |s: &str, m: &str| b[s].1[m] as usize;
+        assert_eq!(b["bpfipt_ct_key"].0 as usize, KEY_SIZE);
+        assert_eq!(b["bpfipt_ct_entry"].0 as usize, ENTRY_SIZE);
+        assert_eq!(b["bpfipt_ct_config"].0 as usize, CONFIG_SIZE);
+        for (m, o) in [
+            ("expires", 0),
+            ("orig_src", 16),
+            ("orig_dst", 20),
+            ("orig_sport", 24),
+            ("orig_dport", 26),
+            ("status", 28),
+            ("proto", 36),
+            ("tcp_state", 37),
+        ] {
+            assert_eq!(off("bpfipt_ct_entry", m), o, "bpfipt_ct_entry.{m}");
+        }
+        for (m, o) in [("enabled", 0), ("max", 4), ("loose", 8), ("timeout", 16)] {
+            assert_eq!(off("bpfipt_ct_config", m), o, "bpfipt_ct_config.{m}");
+        }
+    }
+
+    /// Lines as `conntrack -L` (conntrack-tools 1.4.7) printed them for the kernel's table
+    /// (6.18) in `unshare -n` after `ping -c1 127.0.0.1` and a socat TCP echo to port 22:
+    ///   tcp      6 118 TIME_WAIT src=127.0.0.1 dst=127.0.0.1 sport=48960 dport=22 src=127.0.0.1
+    ///     dst=127.0.0.1 sport=22 dport=48960 [ASSURED] mark=0 use=1
+    ///   icmp     1 28 src=127.0.0.1 dst=127.0.0.1 type=8 code=0 id=16486 src=127.0.0.1
+    ///     dst=127.0.0.1 type=0 code=0 id=16486 mark=0 use=1
+    ///   udp      17 28 src=127.0.0.1 dst=127.0.0.1 sport=38844 dport=53 [UNREPLIED] src=...
+    #[test]
+    fn flow_format_like_conntrack_tools() {
+        let mut v = vec![0u8; ENTRY_SIZE];
+        v[0..8].copy_from_slice(&(100_000_000_000u64 + 431_999_500_000_000).to_ne_bytes());
+        v[16..20].copy_from_slice(&[10, 0, 0, 1]);
+        v[20..24].copy_from_slice(&[10, 0, 0, 2]);
+        v[24..26].copy_from_slice(&40000u16.to_ne_bytes());
+        v[26..28].copy_from_slice(&22u16.to_ne_bytes());
+        v[28..32].copy_from_slice(&(status::SEEN_REPLY | status::ASSURED | 8).to_ne_bytes());
+        v[36] = 6;
+        v[37] = 3;
+        let f = Flow::parse(&[0; 16], &v);
+        assert_eq!(
+            f.format(100_000_000_000),
+            "tcp      6 431999 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=40000 dport=22 \
+             src=10.0.0.2 dst=10.0.0.1 sport=22 dport=40000 [ASSURED] mark=0 use=1"
+        );
+        v[36] = 1;
+        v[24..26].copy_from_slice(&77u16.to_ne_bytes());
+        v[26..28].copy_from_slice(&(8u16 << 8).to_ne_bytes());
+        v[28..32].copy_from_slice(&8u32.to_ne_bytes());
+        let f = Flow::parse(&[0; 16], &v);
+        assert_eq!(
+            f.format(100_000_000_000),
+            "icmp     1 431999 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=77 [UNREPLIED] \
+             src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=77 mark=0 use=1"
+        );
+    }
+}
