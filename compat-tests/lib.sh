@@ -14,7 +14,9 @@ E2E_PREFIX="bpfipt-t$$"
 
 e2e_cleanup() {
     local ns
-    for ns in "${E2E_NS[@]}"; do
+    # Also those made by ns_new in a subshell (`X=$(ns_new ..)`), whose E2E_NS entry is
+    # lost: the prefix carries this run's PID.
+    for ns in "${E2E_NS[@]}" $(ip netns list | awk '{print $1}' | grep "^$E2E_PREFIX-"); do
         # Stop the namespace's daemon first: it holds the namespace alive otherwise.
         ip netns exec "$ns" "$BPFIPT" daemon stop >/dev/null 2>&1 || true
         ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
