@@ -244,38 +244,34 @@ pub fn prog_info(prog: &impl AsRawFd) -> io::Result<(String, Vec<u32>)> {
     Ok((name, map_ids))
 }
 
+/// The first N bytes of an object's info (struct bpf_prog_info / bpf_map_info).
+fn obj_info<const N: usize>(obj: &impl AsRawFd) -> io::Result<[u8; N]> {
+    let mut info = [0u8; N];
+    let mut a = Attr::new();
+    a.u32(0, obj.as_raw_fd() as u32)
+        .u32(4, N as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(info)
+}
+
 /// Id of a program.
 pub fn prog_id(prog: &impl AsRawFd) -> io::Result<u32> {
     // struct bpf_prog_info: id at 4.
-    let mut info = [0u8; 256];
-    let mut a = Attr::new();
-    a.u32(0, prog.as_raw_fd() as u32)
-        .u32(4, info.len() as u32)
-        .u64(8, info.as_mut_ptr() as u64);
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let info: [u8; 256] = obj_info(prog)?;
     Ok(u32::from_ne_bytes(info[4..8].try_into().unwrap()))
 }
 
 /// Name of a map.
 pub fn map_name(map: &impl AsRawFd) -> io::Result<String> {
     // struct bpf_map_info: name[16] at 24.
-    let mut info = [0u8; 128];
-    let mut a = Attr::new();
-    a.u32(0, map.as_raw_fd() as u32)
-        .u32(4, info.len() as u32)
-        .u64(8, info.as_mut_ptr() as u64);
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let info: [u8; 128] = obj_info(map)?;
     Ok(String::from_utf8_lossy(crate::abi::c_str(&info[24..40])).into_owned())
 }
 
 /// A map's max_entries (struct bpf_map_info: max_entries at 16).
 pub fn map_max_entries(map: &impl AsRawFd) -> io::Result<u32> {
-    let mut info = [0u8; 128];
-    let mut a = Attr::new();
-    a.u32(0, map.as_raw_fd() as u32)
-        .u32(4, info.len() as u32)
-        .u64(8, info.as_mut_ptr() as u64);
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let info: [u8; 128] = obj_info(map)?;
     Ok(u32::from_ne_bytes(info[16..20].try_into().unwrap()))
 }
 
