@@ -70,15 +70,21 @@ run() {
     esac
 }
 
-# probe WHO WHAT ARGS...: the probe on both sides at once; their words must be equal.
-probe() {
-    local k b kf bf
+# both WHO WHAT ARGS...: the probe on both sides at once; sets k and b to their words.
+both() {
+    local kf bf
     kf=$(mktemp); bf=$(mktemp)
     run k "$@" >"$kf" &
     local kp=$!
     run b "$@" >"$bf" &
     wait $kp $!
     k=$(cat "$kf"); b=$(cat "$bf"); rm -f "$kf" "$bf"
+}
+
+# probe WHO WHAT ARGS...: the probe on both sides; their words must be equal.
+probe() {
+    local k b
+    both "$@"
     total=$((total + 1))
     if [ "$k" = "$b" ]; then
         agree=$((agree + 1))
@@ -93,13 +99,8 @@ probe() {
 # without window tracking, does not. Counted apart; agreement is still reported.
 known=0
 xprobe() {
-    local k b kf bf
-    kf=$(mktemp); bf=$(mktemp)
-    run k "$@" >"$kf" &
-    local kp=$!
-    run b "$@" >"$bf" &
-    wait $kp $!
-    k=$(cat "$kf"); b=$(cat "$bf"); rm -f "$kf" "$bf"
+    local k b
+    both "$@"
     known=$((known + 1))
     echo "known $*: kernel $k, bpfipt $b (${WHY:-out of window: not modelled})"
 }
