@@ -156,13 +156,51 @@ pub struct ConnectError {
     pub message: String,
 }
 
+/// How often a client tries again when the daemon it reached went away before answering.
+const HELLO_ATTEMPTS: u32 = 5;
+
 /// Connects to the namespace's daemon, starting it if nobody listens, and exchanges hellos.
+///
+/// A daemon that is ending (killed, or leaving an unused namespace) keeps its listening socket
+/// until the very end of its exit (the kernel tears the address space down before it closes
+/// the files), so a connect can be queued on a socket that then closes: the hello fails with
+/// a reset. Nothing was asked of that daemon yet, so the client connects again (and starts a
+/// new daemon if nobody listens any more).
 pub fn connect_or_spawn() -> Result<UnixStream, ConnectError> {
+    let mut attempt = 0;
+    loop {
+        match connect_once() {
+            Err(Attempt::Final(e)) => return Err(e),
+            Ok(s) => return Ok(s),
+            Err(Attempt::Gone(e)) => {
+                attempt += 1;
+                if attempt >= HELLO_ATTEMPTS {
+                    return Err(ConnectError {
+                        errno: libc::ECONNRESET,
+                        message: format!(
+                            "bpfipt: bpfiptd did not answer ({attempt} attempts, last: {e}); \
+                             see the system log, or start it by hand with `bpfiptd` to see why"
+                        ),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(10 << attempt));
+            }
+        }
+    }
+}
+
+/// Why one connection attempt failed: for good, or because the daemon went away.
+enum Attempt {
+    Final(ConnectError),
+    Gone(io::Error),
+}
+
+fn connect_once() -> Result<UnixStream, Attempt> {
     let mut stream = match connect_existing() {
         Ok(s) => s,
         Err(_) => {
             let Some(path) = find_daemon() else {
-                return Err(ConnectError {
+                return Err(Attempt::Final(ConnectError {
                     errno: libc::ENOENT,
                     message: format!(
                         "bpfipt: cannot find bpfiptd (looked in {}); install it or set {ENV_DAEMON}",
@@ -172,13 +210,13 @@ pub fn connect_or_spawn() -> Result<UnixStream, ConnectError> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
-                });
+                }));
             };
             if let Err(e) = spawn_daemon(&path) {
-                return Err(ConnectError {
+                return Err(Attempt::Final(ConnectError {
                     errno: libc::ECONNREFUSED,
                     message: format!("bpfipt: cannot start {}: {e}", path.display()),
-                });
+                }));
             }
             // The socket is bound before the spawned process exits; retry briefly anyway in
             // case a racing daemon won the bind and is still starting to listen.
@@ -197,14 +235,14 @@ pub fn connect_or_spawn() -> Result<UnixStream, ConnectError> {
             match got {
                 Some(s) => s,
                 None => {
-                    return Err(ConnectError {
+                    return Err(Attempt::Final(ConnectError {
                         errno: libc::ECONNREFUSED,
                         message: format!(
                             "bpfipt: started {} but cannot connect to it: {}",
                             path.display(),
                             last.map(|e| e.to_string()).unwrap_or_default()
                         ),
-                    })
+                    }))
                 }
             }
         }
@@ -218,16 +256,13 @@ pub fn connect_or_spawn() -> Result<UnixStream, ConnectError> {
     };
     match call(&mut stream, &hello) {
         Ok(r) if r.errno == 0 => Ok(stream),
-        Ok(r) => Err(ConnectError {
+        Ok(r) => Err(Attempt::Final(ConnectError {
             errno: r.errno,
             message: format!(
                 "bpfipt: the running bpfiptd refused this client: {}; restart it with `bpfipt daemon restart`",
                 String::from_utf8_lossy(&r.data)
             ),
-        }),
-        Err(e) => Err(ConnectError {
-            errno: libc::ECONNRESET,
-            message: format!("bpfipt: bpfiptd did not answer: {e}"),
-        }),
+        })),
+        Err(e) => Err(Attempt::Gone(e)),
     }
 }
