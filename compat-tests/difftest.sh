@@ -21,21 +21,5 @@
 # disagreements.
 # Prints "difftest: A agree of N"; exit status 0 only if all agree.
 set -uo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-. "$here/lib.sh"
-[ "$(id -u)" = 0 ] || { echo "$0: needs root" >&2; exit 77; }
-py=/usr/bin/python3
-[ -x $py ] || py=python3
-prefix="bpfipt-dt$$"
-cleanup() { "$py" "$here/difftest/run.py" cleanup --prefix "$prefix" >/dev/null 2>&1; }
-trap cleanup EXIT
-case " $* " in
-    *" --self-check "*) ;;
-    *) [ -f "$SHIM" ] || (cd "$ROOT" && cargo build --release >&2) ;;
-esac
-# In the background, so that an interrupt reaches the trap at once; run.py removes what it
-# made when it gets SIGTERM, and the EXIT trap makes sure.
-"$py" "$here/difftest/run.py" diff --prefix "$prefix" "$@" &
-child=$!
-trap 'kill -TERM $child 2>/dev/null; wait $child; exit 130' INT TERM
-wait $child
+. "$(dirname "$0")/lib.sh"
+run_py_harness diff dt "$@"

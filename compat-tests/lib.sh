@@ -102,3 +102,25 @@ daemon_pid() {
         [ "$(cat /proc/$p/comm 2>/dev/null)" = bpfiptd ] && echo "$p"
     done
 }
+
+# run_py_harness MODE TAG ARGS...: runs difftest/run.py MODE (diff, counters) with a namespace
+# prefix of its own, and removes what it made on any exit. run.py runs in the background so
+# an interrupt reaches the trap at once; it removes what it made when it gets SIGTERM, and the
+# EXIT trap makes sure. Exits with run.py's status.
+run_py_harness() {
+    local mode="$1" tag="$2"; shift 2
+    [ "$(id -u)" = 0 ] || { echo "$0: needs root" >&2; exit 77; }
+    local py=/usr/bin/python3 here="$ROOT/compat-tests"
+    [ -x $py ] || py=python3
+    HARNESS_PY=$py HARNESS_PREFIX="bpfipt-$tag$$"
+    trap '"$HARNESS_PY" "$ROOT/compat-tests/difftest/run.py" cleanup --prefix "$HARNESS_PREFIX" >/dev/null 2>&1' EXIT
+    case " $* " in
+        *" --self-check "*) ;;
+        *) [ -f "$SHIM" ] || (cd "$ROOT" && cargo build --release >&2) ;;
+    esac
+    "$py" "$here/difftest/run.py" "$mode" --prefix "$HARNESS_PREFIX" "$@" &
+    HARNESS_CHILD=$!
+    trap 'kill -TERM $HARNESS_CHILD 2>/dev/null; wait $HARNESS_CHILD; exit 130' INT TERM
+    wait $HARNESS_CHILD
+    exit $?
+}
