@@ -77,10 +77,18 @@ static __always_inline __u32 local_kind(__be32 daddr)
 {
 	struct bpfipt_local_key k = { .prefixlen = 32 };
 	struct bpfipt_local_val *v;
-	__u32 a = bpf_ntohl(daddr);
+	__u32 a = bpf_ntohl(daddr), zero = 0, *wide;
 
 	if (a == 0xffffffffu || (a >> 28) == 0xe)
 		return BPFIPT_LOCAL_BROADCAST;
+	/* A /32 is the longest match there is; shorter local routes are rare (lo's 127/8,
+	 * AnyIP routes), so the trie is asked only when one could cover daddr. */
+	v = bpf_map_lookup_elem(&local4x, &daddr);
+	if (v)
+		return v->kind;
+	wide = bpf_map_lookup_elem(&local4_wide, &zero);
+	if ((a >> 24) != 127 && wide && *wide == 0)
+		return 0;
 	__builtin_memcpy(k.addr, &daddr, 4);
 	v = bpf_map_lookup_elem(&local4, &k);
 	return v ? v->kind : 0;

@@ -67,7 +67,7 @@ impl Family {
     }
 
     /// Offsets of `target_offset`, `next_offset`, `comefrom`, `counters` in the entry.
-    fn offsets(self) -> (usize, usize, usize, usize) {
+    pub(crate) fn offsets(self) -> (usize, usize, usize, usize) {
         match self {
             Family::V4 => (88, 90, 92, 96),
             Family::V6 => (140, 142, 144, 152),

@@ -204,6 +204,11 @@ fn mark_source_chains(
     let size = blob.len();
     let next_of = |pos: usize| rd_u16(blob, pos + family_next_off(family));
     let index = |pos: usize| offsets.binary_search(&pos).ok();
+    // Mostly the walk moves to the next entry: try that before searching.
+    let index_after = |i: usize, pos: usize| match offsets.get(i + 1) {
+        Some(&o) if o == pos => Some(i + 1),
+        _ => index(pos),
+    };
     let mut comefrom = vec![0u32; offsets.len()];
     // The kernel keeps the back pointer in `counters.pcnt` of each entry.
     let mut back = vec![0usize; offsets.len()];
@@ -247,7 +252,7 @@ fn mark_source_chains(
                 if np >= size {
                     return None;
                 }
-                let ni = index(np)?;
+                let ni = index_after(i, np)?;
                 back[ni] = pos;
                 pos = np;
                 i = ni;
@@ -262,7 +267,7 @@ fn mark_source_chains(
                     np
                 };
                 // A jump must land on the start of an entry (`xt_find_jump_offset`).
-                let ni = index(newpos)?;
+                let ni = index_after(i, newpos)?;
                 back[ni] = pos;
                 pos = newpos;
                 i = ni;

@@ -368,6 +368,14 @@ type RuleId = (u64, u64);
 
 fn rule_id(r: &ir::Rule, jump: Option<u32>, hooks: u8) -> RuleId {
     use std::hash::Hasher;
+    if let Some(k) = r.key {
+        // The entry's bytes were hashed once by `ir`; add what they leave out.
+        let mut a = layout::FxHasher::default();
+        a.write_u64(jump.map_or(u64::MAX, |j| j as u64));
+        a.write_u64(hooks as u64);
+        let x = a.finish();
+        return ((k as u64) ^ x, ((k >> 64) as u64) ^ x.rotate_left(32));
+    }
     let mut a = layout::FxHasher::default();
     let ip = &r.ip;
     let v = |x: &IpAddr| v4(x) as u64;
@@ -425,6 +433,18 @@ struct Placed {
 #[derive(Clone, Debug, Default, PartialEq)]
 struct ChainRules {
     placed: Vec<Placed>,
+    /// The address anchors of `placed` as (field, address, prefix length), sorted, one per
+    /// rule: kept up to date by a commit's added and removed rules instead of re-sorting
+    /// the chain's (see `update_index`).
+    prefixes: Vec<(u8, u32, u8)>,
+}
+
+impl ChainRules {
+    fn new(placed: Vec<Placed>) -> ChainRules {
+        let mut prefixes: Vec<_> = placed.iter().filter_map(|p| p.anchor.prefix()).collect();
+        prefixes.sort_unstable();
+        ChainRules { placed, prefixes }
+    }
 }
 
 /// Rule identity -> slot and priority, chain name -> id and tail slot, and the compiled
@@ -495,6 +515,13 @@ enum Anchor {
 }
 
 impl Anchor {
+    /// An address anchor as (field, address, prefix length).
+    fn prefix(&self) -> Option<(u8, u32, u8)> {
+        match self {
+            Anchor::Addr(f, a, l) => Some((*f as u8, *a, *l)),
+            _ => None,
+        }
+    }
     /// Bits of selectivity (higher: fewer packets match).
     fn bits(&self) -> u32 {
         match self {
@@ -1001,9 +1028,15 @@ pub fn compile(
         for k in kept.iter().flatten() {
             used[*k] = true;
         }
+        let mut prefixes = old_placed.prefixes.clone();
         for (p, u) in old_placed.placed.iter().zip(&used) {
             if !u {
                 freed.push(p.slot);
+                if let Some(x) = p.anchor.prefix() {
+                    if let Ok(i) = prefixes.binary_search(&x) {
+                        prefixes.remove(i);
+                    }
+                }
             }
         }
         let prios = number(
@@ -1013,6 +1046,7 @@ pub fn compile(
                 .collect::<Vec<_>>(),
         );
         let mut placed = Vec::with_capacity(ids.len());
+        let mut new_prefixes = Vec::new();
         for (ri, ((r, id), (k, prio))) in c
             .rules
             .iter()
@@ -1035,15 +1069,26 @@ pub fn compile(
             if let Some(j) = l.jump {
                 l.rec.chain = chain_id[j];
             }
+            let anchor = l.anchors.into_iter().next().unwrap_or(Anchor::Float);
+            new_prefixes.extend(anchor.prefix());
             placed.push(Placed {
                 id,
                 slot: asg.alloc(&mut reusable),
                 prio,
-                anchor: l.anchors.into_iter().next().unwrap_or(Anchor::Float),
+                anchor,
                 rec: Arc::new(l.rec),
             });
         }
-        rules_of.push(Arc::new(ChainRules { placed }));
+        if new_prefixes.len() > 32 {
+            prefixes.append(&mut new_prefixes);
+            prefixes.sort_unstable();
+        }
+        for x in new_prefixes {
+            let i = prefixes.partition_point(|y| *y < x);
+            prefixes.insert(i, x);
+        }
+        debug_assert_eq!(prefixes, ChainRules::new(placed.clone()).prefixes);
+        rules_of.push(Arc::new(ChainRules { placed, prefixes }));
     }
 
     // Address classes per chain and field; too deeply nested ones fall back to FLOAT.
@@ -1305,18 +1350,48 @@ fn groups(anchor: &Anchor, classes: &[BTreeMap<u32, u32>; 2], out: &mut Vec<(u8,
     }
 }
 
-fn addr_prefixes(cr: &ChainRules) -> Vec<(u8, u8, u32)> {
-    let mut v: Vec<(u8, u8, u32)> = cr
-        .placed
+/// The address classes (field, address, prefix length) present in `old` but not in `new`
+/// and those present in `new` but not in `old`: one merge of the sorted anchor lists.
+type Prefix = (u8, u32, u8);
+fn prefix_changes(old: &[Prefix], new: &[Prefix]) -> (Vec<Prefix>, Vec<Prefix>) {
+    let (mut removed, mut added) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                while old.get(i) == Some(a) {
+                    i += 1;
+                }
+                while new.get(j) == Some(b) {
+                    j += 1;
+                }
+            }
+            (Some(a), b) if b.is_none_or(|b| a < b) => {
+                removed.push(*a);
+                while old.get(i) == Some(a) {
+                    i += 1;
+                }
+            }
+            (_, Some(b)) => {
+                added.push(*b);
+                while new.get(j) == Some(b) {
+                    j += 1;
+                }
+            }
+            (_, None) => unreachable!("one of the lists has an element left"),
+        }
+    }
+    (removed, added)
+}
+
+/// Whether a prefix other than `(f, a, l)` lies inside it, in a sorted anchor list.
+fn has_inner(list: &[Prefix], (f, a, l): Prefix) -> bool {
+    let last = a | !mask(l);
+    let from = list.partition_point(|x| *x < (f, a, 0));
+    list[from..]
         .iter()
-        .filter_map(|p| match p.anchor {
-            Anchor::Addr(f, a, l) => Some((f as u8, l, a)),
-            _ => None,
-        })
-        .collect();
-    v.sort_unstable();
-    v.dedup();
-    v
+        .take_while(|x| x.0 == f && x.1 <= last)
+        .any(|x| x.2 > l)
 }
 
 /// The index of `new` from the index of `old` (same chain, same port boundaries): only the
@@ -1338,36 +1413,24 @@ fn update_index(
         chain_lo: id as u8,
         addr: addr.to_be_bytes(),
     };
+    let (removed, added) = prefix_changes(&old.prefixes, &new.prefixes);
+    if removed.len() + added.len() > 16 {
+        return None;
+    }
+    // Each must be a leaf among the anchor prefixes of both versions.
+    let inside = |x: &Prefix| has_inner(&old.prefixes, *x) || has_inner(&new.prefixes, *x);
+    if removed.iter().chain(&added).any(inside) {
+        return None;
+    }
     let mut index = ChainIndex::clone(old_index);
     let mut touched_addrs = Vec::new();
-    let (olds, news) = (addr_prefixes(old), addr_prefixes(new));
-    if olds != news {
-        let removed: Vec<_> = olds
-            .iter()
-            .filter(|x| news.binary_search(x).is_err())
-            .collect();
-        let added: Vec<_> = news
-            .iter()
-            .filter(|x| olds.binary_search(x).is_err())
-            .collect();
-        if removed.len() + added.len() > 16 {
-            return None;
-        }
-        // Each must be a leaf among the anchor prefixes of both versions.
-        let inside = |&(f, l, a): &(u8, u8, u32)| {
-            olds.iter()
-                .chain(&news)
-                .any(|&(f2, l2, a2)| f2 == f && l2 > l && a2 & mask(l) == a)
-        };
-        if removed.iter().chain(&added).any(|x| inside(x)) {
-            return None;
-        }
-        for &&(f, l, a) in &removed {
+    {
+        for &(f, a, l) in &removed {
             let k = key(f, l, a);
             index.addrs.remove(&k);
             touched_addrs.push(k);
         }
-        for &&(f, l, a) in &added {
+        for &(f, a, l) in &added {
             // As build_index: the enclosing classes, nearest first; too many and the
             // prefix gets no class of its own (its rules are listed in FLOAT).
             let mut v = AddrVal::default();
@@ -1400,24 +1463,48 @@ fn update_index(
         }
         a.clone()
     };
-    let old_by_slot: HashMap<u32, u32> = old.placed.iter().map(|p| (p.slot, p.prio)).collect();
-    let new_by_slot: HashMap<u32, u32> = new.placed.iter().map(|p| (p.slot, p.prio)).collect();
+    // The groups of rules added, removed or renumbered: both lists are in priority order
+    // (priorities are unique in a chain), so one merge finds the (slot, priority) pairs
+    // that are not in both.
     let mut affected: HashSet<(u8, u32, u32)> = HashSet::default();
     let mut g = Vec::new();
-    for p in &new.placed {
-        if old_by_slot.get(&p.slot) != Some(&p.prio) {
-            g.clear();
-            groups(&effective(&p.anchor, &index.addrs), classes, &mut g);
-            affected.extend(g.iter().copied());
+    let mut add = |p: &Placed, addrs: &HashMap<AddrKey, AddrVal>| {
+        g.clear();
+        groups(&effective(&p.anchor, addrs), classes, &mut g);
+        affected.extend(g.iter().copied());
+    };
+    let (mut i, mut j) = (0, 0);
+    while i < new.placed.len() || j < old.placed.len() {
+        match (new.placed.get(i), old.placed.get(j)) {
+            (Some(n), Some(o)) if n.prio == o.prio => {
+                if n.slot != o.slot {
+                    add(n, &index.addrs);
+                    add(o, &old_index.addrs);
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(n), o) if o.is_none_or(|o| n.prio < o.prio) => {
+                add(n, &index.addrs);
+                i += 1;
+            }
+            (_, Some(o)) => {
+                add(o, &old_index.addrs);
+                j += 1;
+            }
+            (_, None) => unreachable!("one of the lists has an element left"),
         }
     }
-    for p in &old.placed {
-        if new_by_slot.get(&p.slot) != Some(&p.prio) {
-            g.clear();
-            groups(&effective(&p.anchor, &old_index.addrs), classes, &mut g);
-            affected.extend(g.iter().copied());
-        }
-    }
+    // Which anchors can be listed in an affected group, without looking up classes.
+    let fields: u32 = affected.iter().fold(0, |m, g| m | 1 << g.0);
+    let float = affected.contains(&(Field::Float as u8, 0, 0));
+    let may_be_affected = |a: &Anchor| match a {
+        Anchor::Addr(f, addr, p) => float || affected.contains(&(*f as u8, *addr, *p as u32)),
+        Anchor::Ports(f, _) => fields & (1 << *f as u8 | 1 << Field::Dport as u8) != 0,
+        Anchor::Proto(p) => affected.contains(&(Field::Proto as u8, *p as u32, 0)),
+        Anchor::Iface(f, h) => affected.contains(&(*f as u8, *h, 0)),
+        Anchor::Float => float,
+    };
     let mut touched = Vec::new();
     for (f, cls, plen) in &affected {
         for chunk in 0.. {
@@ -1436,7 +1523,7 @@ fn update_index(
         }
     }
     let mut entries: Vec<((u8, u32, u32), Cand)> = Vec::new();
-    for p in &new.placed {
+    for p in new.placed.iter().filter(|p| may_be_affected(&p.anchor)) {
         g.clear();
         groups(&effective(&p.anchor, &index.addrs), classes, &mut g);
         for k in &g {
@@ -1824,11 +1911,14 @@ mod tests {
     #[test]
     fn unsupported_extensions_name_the_rule() {
         let mut rs = ruleset(3);
-        rs.chains[1].rules[2].matches.push(ir::Ext {
+        let r = &mut rs.chains[1].rules[2];
+        let mut m = r.matches.to_vec();
+        m.push(ir::Ext {
             name: "limit".into(),
             revision: 0,
             data: vec![0; 32],
         });
+        r.matches = m.into();
         assert_eq!(
             compile(&rs, &SlotAssignment::default()).unwrap_err(),
             CompileError::Rule {

@@ -155,6 +155,8 @@ struct Maps {
     ports: OwnedFd,
     ifnames: OwnedFd,
     local4: OwnedFd,
+    local4x: OwnedFd,
+    local4_wide: OwnedFd,
     stats: OwnedFd,
 }
 
@@ -166,6 +168,8 @@ pub struct Dataplane {
     sync_inner: OwnedFd,
     stripes: CounterStripes,
     pub limits: Limits,
+    /// The local routes shorter than /32 outside 127.0.0.0/8 (their number is `local4_wide`).
+    wide_locals: std::sync::Mutex<std::collections::BTreeSet<([u8; 4], u8)>>,
 }
 
 /// The counters map, mapped into this process: one stripe of `stride` slots per possible CPU
@@ -282,6 +286,7 @@ impl Dataplane {
             .map_max_entries("addrs", limits.addr_classes)
             .map_max_entries("ifnames", limits.ifnames)
             .map_max_entries("local4", limits.local_addrs)
+            .map_max_entries("local4x", limits.local_addrs)
             .map_max_entries("ct", crate::conntrack::map_entries())
             .load(OBJECT)
             .map_err(|e| Error::Load(format!("{e:?}")))?;
@@ -303,6 +308,8 @@ impl Dataplane {
             ports: map_fd(&ebpf, "ports")?,
             ifnames: map_fd(&ebpf, "ifnames")?,
             local4: map_fd(&ebpf, "local4")?,
+            local4x: map_fd(&ebpf, "local4x")?,
+            local4_wide: map_fd(&ebpf, "local4_wide")?,
             stats: map_fd(&ebpf, "stats")?,
         };
         let sync_inner = sys::map_create(sys::BPF_MAP_TYPE_ARRAY, 4, 4, 1, 0, "bpfipt_sync_in")
@@ -318,6 +325,7 @@ impl Dataplane {
             sync_inner,
             stripes,
             limits,
+            wide_locals: Default::default(),
         };
         dp.set_config(&Config {
             gen: 0,
@@ -549,6 +557,61 @@ impl Dataplane {
             prefixlen: plen as u32,
             addr,
         };
+        // The programs look /32s up in local4x and ask the trie only for 127/8 or when
+        // local4_wide counts a shorter route: local4x before the trie on adds, after it on
+        // removals, and the count raised before the route is added, lowered after it goes.
+        let wide = plen < 32 && !(addr[0] == 127 && plen >= 8);
+        if kind.is_some() {
+            if wide {
+                self.set_wide(addr, plen, true)?;
+            }
+            self.set_local_exact(addr, plen, kind)?;
+        }
+        let r = self.set_local_trie(&k, kind);
+        if kind.is_none() {
+            self.set_local_exact(addr, plen, kind)?;
+            if wide {
+                self.set_wide(addr, plen, false)?;
+            }
+        }
+        r
+    }
+
+    fn set_wide(&self, addr: [u8; 4], plen: u8, present: bool) -> Result<(), Error> {
+        let mut w = self.wide_locals.lock().unwrap_or_else(|e| e.into_inner());
+        if present {
+            w.insert((addr, plen));
+        } else {
+            w.remove(&(addr, plen));
+        }
+        sys::map_update(
+            &self.maps.local4_wide,
+            &0u32.to_ne_bytes(),
+            &(w.len() as u32).to_ne_bytes(),
+            sys::BPF_ANY,
+        )
+        .map_err(sys_err("update local4_wide"))
+    }
+
+    fn set_local_exact(&self, addr: [u8; 4], plen: u8, kind: Option<u32>) -> Result<(), Error> {
+        if plen != 32 {
+            return Ok(());
+        }
+        match kind {
+            Some(kind) => sys::map_update(
+                &self.maps.local4x,
+                &addr,
+                LocalVal { kind }.as_bytes(),
+                sys::BPF_ANY,
+            )
+            .map_err(sys_err("update local4x")),
+            None => sys::map_delete(&self.maps.local4x, &addr)
+                .map(|_| ())
+                .map_err(sys_err("delete local4x")),
+        }
+    }
+
+    fn set_local_trie(&self, k: &LocalKey, kind: Option<u32>) -> Result<(), Error> {
         match kind {
             Some(kind) => sys::map_update(
                 &self.maps.local4,

@@ -14,7 +14,7 @@ use crate::abi::{Counters, Family};
 use crate::apply::{self, Datapath, EntrySlot, Prepared};
 use crate::dataplane::Limits;
 use crate::fallback::KernelTables;
-use crate::ir::{Ruleset, Verdict};
+use crate::ir::{RuleCache, Ruleset, Verdict};
 use crate::kernel::{Netns, Table};
 use crate::log;
 
@@ -48,6 +48,8 @@ pub struct Enforcer {
     pub dp: Option<Datapath>,
     kernel: Option<KernelTables>,
     pub mode: [Mode; 2],
+    /// The IPv4 filter table's rules of recent commits, for `ir`.
+    rules: RuleCache,
 }
 
 pub fn idx(f: Family) -> usize {
@@ -95,6 +97,7 @@ impl Enforcer {
             dp: None,
             kernel: None,
             mode: [Mode::Datapath, Mode::Datapath],
+            rules: RuleCache::default(),
         }
     }
 
@@ -133,7 +136,7 @@ impl Enforcer {
     /// Decides who enforces family `f` once `new` is in place of its table of that name.
     /// (The rule representation is freed by another thread: for 10000 rules that is
     /// milliseconds the caller need not wait for.)
-    pub fn decide(&self, ns: &Netns, f: Family, new: &Table) -> Decision {
+    pub fn decide(&mut self, ns: &Netns, f: Family, new: &Table) -> Decision {
         let others = ns
             .family(f)
             .tables
@@ -163,14 +166,23 @@ impl Enforcer {
         if self.dp.is_none() && trivial(filter) {
             return Decision::Datapath(None);
         }
-        let rs = match Ruleset::from_table(filter) {
+        let t0 = std::time::Instant::now();
+        let rs = match Ruleset::from_table_cached(filter, &mut self.rules) {
             Ok(rs) => rs,
             Err(e) => return Decision::Kernel(format!("filter table: {e}")),
         };
+        let t1 = std::time::Instant::now();
         let prepared = match &self.dp {
             Some(dp) => dp.prepare(&rs, filter.number as usize),
             None => apply::prepare_fresh(&rs, filter.number as usize),
         };
+        if log::debug_enabled() {
+            log::debug(&format!(
+                "decide: ir {:?}, compile {:?}",
+                t1 - t0,
+                t1.elapsed()
+            ));
+        }
         drop_later(rs);
         match prepared {
             Ok(p) => Decision::Datapath(Some(Box::new(p))),

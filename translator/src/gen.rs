@@ -144,6 +144,7 @@ impl Tuple {
         let name = if self.proto == 6 { "tcp" } else { "udp" };
         Rule {
             entry: 0,
+            key: None,
             ip: IpHeader {
                 src: a4(self.src.0),
                 smsk: a4(mask(self.src.1)),
@@ -162,7 +163,8 @@ impl Tuple {
                 name: name.into(),
                 revision: 0,
                 data: d,
-            }],
+            }]
+            .into(),
             target: RuleTarget::Verdict(if self.accept {
                 Verdict::Accept
             } else {

@@ -10,9 +10,11 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::abi::{self, Entry, Family, Hook, NUMHOOKS};
 use crate::kernel::Table;
+use crate::layout::FxMap;
 
 /// Index of a chain in [`Ruleset::chains`].
 pub type ChainId = usize;
@@ -132,14 +134,146 @@ pub enum RuleTarget {
     Ext(Ext),
 }
 
+/// A rule's byte identity: a 128-bit hash of its entry without what moves when other rules
+/// change (counters, `comefrom`, a jump's offset). Equal keys: equal `ip`, matches and target.
+pub type RuleKey = u128;
+
 /// One rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Index of the rule's entry in the table (counters are per entry).
     pub entry: usize,
+    /// `None` for a rule not read from a blob (tests, `gen`).
+    pub key: Option<RuleKey>,
     pub ip: IpHeader,
-    pub matches: Vec<Ext>,
+    /// Shared with the same rule of the previous commit (see [`RuleCache`]).
+    pub matches: Matches,
     pub target: RuleTarget,
+}
+
+/// A rule's matches, in order; shared (cloning is a reference count).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Matches(Arc<[Ext]>);
+
+impl Matches {
+    /// Whether both are the same allocation (a rule kept from the previous commit).
+    pub fn ptr_eq(&self, o: &Matches) -> bool {
+        Arc::ptr_eq(&self.0, &o.0)
+    }
+}
+
+impl std::ops::Deref for Matches {
+    type Target = [Ext];
+    fn deref(&self) -> &[Ext] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Matches {
+    type Item = &'a Ext;
+    type IntoIter = std::slice::Iter<'a, Ext>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl From<Vec<Ext>> for Matches {
+    fn from(v: Vec<Ext>) -> Matches {
+        Matches(v.into())
+    }
+}
+
+impl FromIterator<Ext> for Matches {
+    fn from_iter<I: IntoIterator<Item = Ext>>(i: I) -> Matches {
+        Matches(i.into_iter().collect())
+    }
+}
+
+/// The matches of the rules of the previous commit, by [`RuleKey`]: a one-rule change of a
+/// big table parses only the new rule's matches (each is two allocations) and shares the
+/// rest. A commit mostly keeps the previous rules in their order, so they are found by a
+/// cursor walking the previous rules (sequential, unlike lookups in a map of 10000 keys).
+#[derive(Default)]
+pub struct RuleCache {
+    /// The previous table's rules in entry order.
+    prev: Vec<(RuleKey, Matches)>,
+    /// This table's, as read so far.
+    next: Vec<(RuleKey, Matches)>,
+    /// Where in `prev` the next rule is looked for first.
+    cursor: usize,
+    /// Rules not found near the cursor; past a few, `prev` is indexed by key.
+    misses: usize,
+    by_key: Option<FxMap<RuleKey, usize>>,
+    /// Scratch for the key's bytes.
+    buf: Vec<u8>,
+}
+
+/// How far past the cursor a rule is looked for (rules deleted in between).
+const LOOKAHEAD: usize = 8;
+/// Misses (rules added or moved) before the previous rules are indexed by key.
+const MISSES_BEFORE_INDEX: usize = 16;
+
+impl RuleCache {
+    fn start(&mut self) {
+        self.next.clear();
+        self.cursor = 0;
+        self.misses = 0;
+        self.by_key = None;
+    }
+
+    fn finish(&mut self) {
+        std::mem::swap(&mut self.prev, &mut self.next);
+        self.next.clear();
+        self.by_key = None;
+    }
+
+    /// The key of `e`: its bytes without `comefrom` and counters, and without the verdict of
+    /// a standard target that jumps (an offset: it moves when rules are inserted before).
+    fn key(&mut self, e: &Entry<'_>, jumps: bool) -> RuleKey {
+        let (cf, esz) = (e.family.offsets().2, e.family.entry_size());
+        let b = &mut self.buf;
+        b.clear();
+        b.extend_from_slice(&e.bytes[..cf]);
+        b.extend_from_slice(&e.bytes[esz..]);
+        if jumps {
+            let v = cf + e.target_offset() - esz + abi::XT_HDR;
+            b[v..v + 4].fill(0xff);
+        }
+        xxhash_rust::xxh3::xxh3_128(b)
+    }
+
+    fn matches(&mut self, key: RuleKey, e: &Entry<'_>) -> Matches {
+        let near = self.prev[self.cursor.min(self.prev.len())..]
+            .iter()
+            .take(LOOKAHEAD)
+            .position(|(k, _)| *k == key)
+            .map(|i| self.cursor + i);
+        let found = near.or_else(|| {
+            self.misses += 1;
+            if self.misses < MISSES_BEFORE_INDEX {
+                return None;
+            }
+            let prev = &self.prev;
+            let by_key = self.by_key.get_or_insert_with(|| {
+                let mut m = FxMap::default();
+                m.reserve(prev.len());
+                for (i, (k, _)) in prev.iter().enumerate().rev() {
+                    m.insert(*k, i);
+                }
+                m
+            });
+            by_key.get(&key).copied()
+        });
+        let m = match found {
+            Some(i) => {
+                self.cursor = i + 1;
+                self.prev[i].1.clone()
+            }
+            None => e.matches().map(|m| Ext::from_obj(&m)).collect(),
+        };
+        self.next.push((key, m.clone()));
+        m
+    }
 }
 
 /// A chain: built-in (with a hook and a policy) or user-defined.
@@ -192,6 +326,21 @@ fn verdict(v: i32) -> Option<Verdict> {
 impl Ruleset {
     /// Reads the chains of a validated table.
     pub fn from_table(t: &Table) -> Result<Ruleset, IrError> {
+        Ruleset::from_table_cached(t, &mut RuleCache::default())
+    }
+
+    /// [`Ruleset::from_table`], sharing the matches of rules `cache` has seen.
+    pub fn from_table_cached(t: &Table, cache: &mut RuleCache) -> Result<Ruleset, IrError> {
+        cache.start();
+        let rs = Ruleset::read(t, cache);
+        // A table that is not read whole is not the previous one.
+        if rs.is_ok() {
+            cache.finish();
+        }
+        rs
+    }
+
+    fn read(t: &Table, cache: &mut RuleCache) -> Result<Ruleset, IrError> {
         let family = t.family;
         let entries: Vec<Entry<'_>> = abi::entries(family, &t.blob).collect();
         let unstructured = |offset: usize, why: &'static str| IrError::Unstructured { offset, why };
@@ -222,7 +371,9 @@ impl Ruleset {
             if let Some(h) = hook {
                 hooks[*h as usize] = Some(ci);
             }
-            let mut rules = Vec::new();
+            // At most the entries up to the next chain (10000 rules: no regrowth of 2 MB).
+            let bound = starts.get(ci + 1).map_or(entries.len(), |s| s.0);
+            let mut rules = Vec::with_capacity(bound.saturating_sub(*first));
             let mut i = *first;
             let tail;
             loop {
@@ -274,10 +425,12 @@ impl Ruleset {
                     }
                     None => RuleTarget::Ext(Ext::from_obj(&e.target().expect("validated"))),
                 };
+                let key = cache.key(e, std.is_some_and(|v| v >= 0));
                 rules.push(Rule {
                     entry: i,
+                    key: Some(key),
                     ip,
-                    matches: e.matches().map(|m| Ext::from_obj(&m)).collect(),
+                    matches: cache.matches(key, e),
                     target,
                 });
                 i += 1;

@@ -162,8 +162,6 @@ pub struct FamilyTables {
 pub struct Replaced {
     pub table: Table,
     pub old_counters: Vec<Counters>,
-    /// The old table, for diffing.
-    pub old: Table,
     /// Some extension was not modeled here and the kernel check decided it (see `oracle`).
     pub needs_kernel_check: bool,
 }
@@ -331,7 +329,6 @@ impl Netns {
         };
         Ok(Replaced {
             old_counters: old.counters.clone(),
-            old: old.clone(),
             table,
             needs_kernel_check: tr.needs_kernel_check,
         })

@@ -167,3 +167,62 @@ fn b2_breakdown() {
     dp.commit(&old, &img).unwrap();
     run("10 rules, policy DROP");
 }
+
+/// BENCH.md B1 at 0 rules, per program: a forwarded packet (UDP 192.0.2.1 -> 198.51.100.1:9)
+/// through ingress (not local: passes) and egress (FORWARD: the flow's ACCEPT, policy DROP),
+/// with fw's local routes; then with a local route shorter than /32 outside 127/8, which
+/// makes ingress ask the LPM trie after the exact lookup (the cost the trie adds). Medians
+/// and minimums of 15 rounds: on a shared machine the minimum is the steadier figure.
+#[test]
+#[ignore]
+fn b1_forwarded_packet() {
+    if !root() {
+        return;
+    }
+    use translator::layout::{LOCAL_BROADCAST, LOCAL_UNICAST};
+    let dp = Dataplane::load(Limits::default()).unwrap();
+    for (a, l, k) in [
+        ([127, 0, 0, 0], 8, LOCAL_UNICAST),
+        ([127, 0, 0, 1], 32, LOCAL_UNICAST),
+        ([127, 255, 255, 255], 32, LOCAL_BROADCAST),
+        ([192, 0, 2, 254], 32, LOCAL_UNICAST),
+        ([192, 0, 2, 255], 32, LOCAL_BROADCAST),
+        ([198, 51, 100, 254], 32, LOCAL_UNICAST),
+        ([198, 51, 100, 255], 32, LOCAL_BROADCAST),
+    ] {
+        dp.set_local(a, l, Some(k)).unwrap();
+    }
+    let rs = gen::ruleset(Hook::Forward, &[gen::flow_rule()], Verdict::Drop);
+    let (img, _) =
+        translator::compile::compile(&rs, &translator::compile::SlotAssignment::default()).unwrap();
+    dp.commit(&translator::compile::Image::default(), &img)
+        .unwrap();
+    let mut p = pkt(17, "192.0.2.1", "198.51.100.1");
+    p.dport = 9;
+    let run = |prog: Prog, ingress_ifindex: u32| {
+        let ctx = SkbCtx {
+            ifindex: 1,
+            ingress_ifindex,
+            ..Default::default()
+        };
+        let r = dp.test_run_repeat(prog, &p.frame(), &ctx, 200_000).unwrap();
+        assert_eq!(r.retval, 0, "{prog:?} passes the flow");
+        r.duration.as_nanos() as f64
+    };
+    let measure = |label: &str| {
+        let (mut i, mut e) = (Vec::new(), Vec::new());
+        for _ in 0..15 {
+            i.push(run(Prog::Ingress, 0));
+            e.push(run(Prog::Egress, 1));
+        }
+        let ((im, ilo, ihi), (em, elo, ehi)) = (median(i), median(e));
+        println!(
+            "{label:<34} ingress {im:>4.0} ns ({ilo:.0}..{ihi:.0})  egress {em:>4.0} ns ({elo:.0}..{ehi:.0})"
+        );
+    };
+    measure("local routes /32 and 127/8");
+    dp.set_local([10, 0, 0, 0], 8, Some(LOCAL_UNICAST)).unwrap();
+    measure("and 10.0.0.0/8 local (trie asked)");
+    dp.set_local([10, 0, 0, 0], 8, None).unwrap();
+    measure("10.0.0.0/8 removed again");
+}

@@ -1066,3 +1066,52 @@ fn skipped_chain_and_fallback() {
     hn.dp.set_fallback(true).unwrap();
     assert_eq!(hn.run(H::Fwd, &u("1.1.1.1", "10.9.0.1")), Accept);
 }
+
+/// Which packets INPUT sees: destinations under a local route (a /32, found exactly; lo's
+/// 127/8; a shorter route such as an AnyIP 10.0.0.0/8, found by the trie), limited
+/// broadcast and multicast. Every other packet passes ingress untouched.
+#[test]
+fn input_sees_exactly_the_local_destinations() {
+    if !root() {
+        return;
+    }
+    use translator::dataplane::{Prog, SkbCtx};
+    use translator::layout::{LOCAL_BROADCAST, LOCAL_UNICAST};
+    let mut hn = Harness::new();
+    // INPUT's policy DROP: a packet INPUT sees is dropped (TC_ACT_SHOT, 2), others pass (0).
+    hn.load(&table([(D, vec![]), (A, vec![]), (A, vec![])], vec![]));
+    let dp = &hn.dp;
+    for (a, l, k) in [
+        ([127, 0, 0, 0], 8, LOCAL_UNICAST),
+        ([192, 0, 2, 254], 32, LOCAL_UNICAST),
+        ([192, 0, 2, 255], 32, LOCAL_BROADCAST),
+    ] {
+        dp.set_local(a, l, Some(k)).unwrap();
+    }
+    let ingress = |dst: &str| {
+        let ctx = SkbCtx {
+            ifindex: 1,
+            ..Default::default()
+        };
+        dp.test_run(Prog::Ingress, &u("192.0.2.1", dst).frame(), &ctx)
+            .unwrap()
+            .retval
+    };
+    for dst in [
+        "192.0.2.254",
+        "192.0.2.255",
+        "127.0.0.5",
+        "255.255.255.255",
+        "224.0.0.1",
+    ] {
+        assert_eq!(ingress(dst), 2, "{dst} is local");
+    }
+    assert_eq!(ingress("10.1.2.3"), 0);
+    dp.set_local([10, 0, 0, 0], 8, Some(LOCAL_UNICAST)).unwrap();
+    assert_eq!(ingress("10.1.2.3"), 2, "under a local /8");
+    assert_eq!(ingress("11.1.2.3"), 0);
+    dp.set_local([10, 0, 0, 0], 8, None).unwrap();
+    assert_eq!(ingress("10.1.2.3"), 0, "the /8 removed");
+    dp.set_local([192, 0, 2, 254], 32, None).unwrap();
+    assert_eq!(ingress("192.0.2.254"), 0, "the address removed");
+}

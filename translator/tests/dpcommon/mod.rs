@@ -69,8 +69,9 @@ pub struct R(pub Rule);
 pub fn rule() -> R {
     R(Rule {
         entry: 0,
+        key: None,
         ip: ip_any(),
-        matches: vec![],
+        matches: Vec::new().into(),
         target: RuleTarget::Jump(ir::NO_TARGET),
     })
 }
@@ -121,7 +122,9 @@ impl R {
         self
     }
     pub fn m(mut self, e: Ext) -> R {
-        self.0.matches.push(e);
+        let mut m = self.0.matches.to_vec();
+        m.push(e);
+        self.0.matches = m.into();
         self
     }
     pub fn t(mut self, t: RuleTarget) -> R {

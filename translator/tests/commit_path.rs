@@ -1,0 +1,187 @@
+//! The daemon's work for a one-rule commit on a 10000-rule FORWARD chain, without a kernel:
+//! validation (`Netns::setsockopt_replace`), `ir`, `compile`. Rule identity by bytes is
+//! asserted; the timings (BENCH.md B3) are printed by the ignored test.
+
+use std::time::Duration;
+
+use translator::abi::{self, Family, Hook, ReplaceHdr};
+use translator::compile::{self, SlotAssignment};
+use translator::ext::build;
+use translator::ext::Registry;
+use translator::gen::{self, Tuple};
+use translator::ir::{RuleCache, RuleTarget, Ruleset};
+use translator::kernel::{Netns, Table};
+
+fn rule(t: &Tuple) -> build::Rule {
+    let mut d = Vec::new();
+    for v in [t.sport.0, t.sport.1, t.dport.0, t.dport.1] {
+        d.extend_from_slice(&v.to_ne_bytes());
+    }
+    d.resize(12, 0);
+    build::Rule {
+        ip: build::Ip::proto(Family::V4, t.proto as u16),
+        matches: vec![build::xt_obj(
+            if t.proto == 6 { "tcp" } else { "udp" },
+            0,
+            &d,
+        )],
+        action: build::Action::Verdict(if t.accept {
+            abi::VERDICT_ACCEPT
+        } else {
+            abi::VERDICT_DROP
+        }),
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len as u32)
+    }
+}
+
+/// The filter table with `tuples` in FORWARD, about a third of them jumping to a user chain
+/// `web` instead (so jump offsets move when a rule is inserted), as SET_REPLACE's buffer.
+fn replace_buf(tuples: &[Tuple], num_counters: u32) -> Vec<u8> {
+    let mut t = build::Table::new(Family::V4, "filter");
+    for tp in tuples {
+        let mut r = rule(tp);
+        if tp.src.0 % 3 == 1 {
+            r.action = build::Action::Jump("web".into());
+        }
+        t = t.rule(Hook::Forward, r);
+    }
+    t = t.user_rule("web", rule(&gen::flow_rule()));
+    let (mut hdr, mut blob) = t.build();
+    // Addresses: ipt_ip's src, dst, smsk, dmsk in network order.
+    let offsets: Vec<usize> = abi::entries(Family::V4, &blob).map(|e| e.offset).collect();
+    // INPUT's policy, FORWARD's rules, its policy, OUTPUT's, web's head, web's rule, ...
+    let web = gen::flow_rule();
+    let at = tuples
+        .iter()
+        .zip(&offsets[1..])
+        .chain([(&web, &offsets[offsets.len() - 3])]);
+    for (tp, off) in at {
+        for (i, v) in [tp.src.0, tp.dst.0, mask(tp.src.1), mask(tp.dst.1)]
+            .into_iter()
+            .enumerate()
+        {
+            blob[off + 4 * i..off + 4 * i + 4].copy_from_slice(&v.to_be_bytes());
+        }
+    }
+    hdr.num_counters = num_counters;
+    let mut buf = hdr.emit();
+    buf.extend_from_slice(&blob);
+    buf
+}
+
+/// SET_REPLACE as the daemon does it: validate, then install.
+fn replace<'a>(ns: &'a mut Netns, buf: &[u8]) -> &'a Table {
+    let mut no_kernel = |_: &ReplaceHdr, _: &[u8]| Ok(());
+    let r = ns
+        .setsockopt_replace(Family::V4, buf.len(), buf, &Registry, &mut no_kernel)
+        .unwrap();
+    ns.install(r.table);
+    &ns.family(Family::V4).tables["filter"]
+}
+
+fn number(ns: &mut Netns) -> u32 {
+    ns.find_table(Family::V4, b"filter").unwrap().0.number
+}
+
+#[test]
+fn unchanged_rules_share_their_matches_across_commits() {
+    let mut tuples = gen::classbench(300, 1);
+    let mut ns = Netns::default();
+    let n = number(&mut ns);
+    let t = replace(&mut ns, &replace_buf(&tuples, n));
+    let mut cache = RuleCache::default();
+    let a = Ruleset::from_table_cached(t, &mut cache).unwrap();
+    // -I FORWARD 1: every entry and every jump offset moves.
+    tuples.insert(0, gen::flow_rule());
+    let n = number(&mut ns);
+    let t2 = replace(&mut ns, &replace_buf(&tuples, n));
+    let b = Ruleset::from_table_cached(t2, &mut cache).unwrap();
+    // The same rules read without the cache: the same ruleset.
+    assert_eq!(b, Ruleset::from_table(t2).unwrap());
+    let (fa, fb) = (&a.chains[1].rules, &b.chains[1].rules);
+    assert_eq!(fb.len(), fa.len() + 1);
+    for (x, y) in fa.iter().zip(&fb[1..]) {
+        assert_eq!(x.key, y.key, "rule {} moved down by one", x.entry);
+        assert!(x.matches.ptr_eq(&y.matches));
+    }
+    assert!(fa.iter().any(|r| r.target == RuleTarget::Jump(3)));
+    assert_ne!(fb[0].key, fb[1].key);
+    // Equal bytes, equal key: the flow rule is also `web`'s rule.
+    assert_eq!(fb[0].key, b.chains[3].rules[0].key);
+    assert!(fb.iter().all(|r| r.key.is_some()));
+    // Compiling with byte identities keeps every unchanged rule's slot.
+    let (_, asg) = compile::compile(&a, &SlotAssignment::default()).unwrap();
+    let (_, asg2) = compile::compile(&b, &asg).unwrap();
+    for i in 0..fa.len() {
+        assert_eq!(
+            asg.rule_slot("FORWARD", i),
+            asg2.rule_slot("FORWARD", i + 1)
+        );
+    }
+}
+
+/// CPU time of this thread: the machine is shared, wall time would count other processes.
+fn cpu_now() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// `cargo test --release -p bpfipt-translator --test commit_path -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn one_rule_commit_phases_on_10000_rules() {
+    let mut tuples = gen::classbench(10000, 1);
+    let mut ns = Netns::default();
+    let n = number(&mut ns);
+    let t = replace(&mut ns, &replace_buf(&tuples, n));
+    let mut cache = RuleCache::default();
+    let rs = Ruleset::from_table_cached(t, &mut cache).unwrap();
+    let (_, mut asg) = compile::compile(&rs, &SlotAssignment::default()).unwrap();
+    let (mut val, mut ir, mut comp) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..20 {
+        // Alternately -I FORWARD 1 and -D FORWARD 1.
+        if round % 2 == 0 {
+            let mut x = gen::flow_rule();
+            x.dport = (7, 7 + round as u16);
+            tuples.insert(0, x);
+        } else {
+            tuples.remove(0);
+        }
+        let n = number(&mut ns);
+        let buf = replace_buf(&tuples, n);
+        let t0 = cpu_now();
+        let t = replace(&mut ns, &buf);
+        let t1 = cpu_now();
+        let rs = Ruleset::from_table_cached(t, &mut cache).unwrap();
+        let t2 = cpu_now();
+        let (_, a) = compile::compile(&rs, &asg).unwrap();
+        let t3 = cpu_now();
+        asg = a;
+        val.push(t1 - t0);
+        ir.push(t2 - t1);
+        comp.push(t3 - t2);
+    }
+    eprintln!(
+        "one-rule commit on 10000 rules (CPU time, median of 20): validate+install {:?}, ir {:?}, compile {:?}",
+        median(val),
+        median(ir),
+        median(comp)
+    );
+}
