@@ -134,7 +134,17 @@ class Side:
         else:
             mac = bytes.fromhex(topo.fw_mac(i).replace(":", ""))
         src = bytes.fromhex(topo.peer_mac(i).replace(":", ""))
-        self.inject[p["entry"]].send(mac + src + struct.pack("!H", ETH_P_IP) + ip)
+        frame = mac + src + struct.pack("!H", ETH_P_IP) + ip
+        # ENOBUFS: the injecting side's queue dropped the frame before it left (a busy
+        # machine); it never reached fw, so sending it again is the same experiment.
+        for attempt in range(5):
+            try:
+                self.inject[p["entry"]].send(frame)
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS or attempt == 4:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
 
     def drain(self):
         for s, point in self.readers:
@@ -677,7 +687,7 @@ def main():
     ap.add_argument("--show-packets", type=int, default=8, help="packets per printed ruleset")
     ap.add_argument("--report", help="write every disagreement to this file")
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-    ap.add_argument("--bin", default=os.path.join(root, "target", "release"),
+    ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(root, "target"), "release"),
                     help="where libbpfipt.so, bpfiptd and bpfipt are")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--trace", action="store_true", help="print every packet and both fates")
