@@ -208,10 +208,9 @@ load "OUTPUT: only some NEW out, replies ESTABLISHED in" <<'EOF'
 COMMIT
 EOF
 probe f tcp 10.2.0.2 80
-# REJECTed locally with a RST: the kernel's RST reaches the socket (refused); bpfipt's is
-# RELATED in OUTPUT but not in INPUT at lo, so INPUT's policy drops it (timeout). An open
-# bug, listed in the README's known differences.
-WHY="open bug: local RST not RELATED in INPUT" xprobe f tcp 10.2.0.2 22
+# REJECTed locally with a RST: nf_send_reset attaches the SYN's connection to it, so it is
+# RELATED in OUTPUT and, looped through lo, in INPUT: the socket sees it (refused).
+probe f tcp 10.2.0.2 22
 probe f udp 10.2.0.2 53
 probe f tcp 10.1.0.2 80 --rst
 probe f ping 10.2.0.2

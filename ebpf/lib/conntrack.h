@@ -817,9 +817,9 @@ __noinline int ct_begin(struct __sk_buff *skb, const struct pkt *p, int lo_in, i
 		r->on = 0;
 		return 0;
 	}
-	if (lo_in && (skb->tc_index & BPFIPT_TC_INDEX_CT_MASK) == BPFIPT_TC_INDEX_CT_TAG) {
-		ct_from_tag(p, r, skb->tc_index);
-		skb->tc_index = 0;
+	if (lo_in && skb->cb[0] == BPFIPT_CB_CT_MAGIC) {
+		ct_from_tag(p, r, skb->cb[1]);
+		skb->cb[0] = 0;
 		return 0;
 	}
 	if (reject_reply && p->proto == IPPROTO_TCP && ct_reject_reply(r))
@@ -837,8 +837,10 @@ __noinline int ct_end(struct __sk_buff *skb, int verdict, int lo_out)
 		return verdict;
 	if (verdict == TC_ACT_OK && ct_confirm(r) < 0)
 		return TC_ACT_SHOT;
-	if (lo_out && verdict == TC_ACT_OK)
-		skb->tc_index = BPFIPT_TC_INDEX_CT_TAG | (r->bits & 0xff) | ((r->dir & 1) << 8);
+	if (lo_out && verdict == TC_ACT_OK) {
+		skb->cb[0] = BPFIPT_CB_CT_MAGIC;
+		skb->cb[1] = (r->bits & 0xff) | ((r->dir & 1) << 8);
+	}
 	return verdict;
 }
 
