@@ -800,6 +800,19 @@ static __always_inline int ct_match(const struct bpfipt_match *m)
 	return 1;
 }
 
+/* The accept-established shortcut: whether the packet's state is one of `states`, those of
+ * an unconditional first rule `--ctstate ... -j ACCEPT` of the chain, which then matches it
+ * whatever else the packet holds (compile.rs sets them only for such a rule). */
+static __always_inline int ct_shortcut(__u32 states)
+{
+	struct ct_pkt *r = ct_pkt_get();
+
+	if (!r || !r->on || !(r->bits & states))
+		return 0;
+	ct_stat(BPFIPT_CTS_SHORTCUT);
+	return 1;
+}
+
 /* Before classification: the packet's state. `lo_in`: INPUT at lo's ingress (the state
  * comes with the packet from OUTPUT); `reject_reply`: a reply our REJECT built. Returns -1
  * when the packet is dropped before any rule. */
