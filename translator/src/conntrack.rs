@@ -543,16 +543,12 @@ impl Table {
         Ok(())
     }
 
-    /// Every entry, expired ones included.
+    /// Every entry, expired ones included (in batches: see sys::hash_lookup_batch).
     pub fn flows(&self) -> Result<Vec<Flow>, CtError> {
-        let mut out = Vec::new();
-        let mut v = vec![0u8; ENTRY_SIZE];
-        for k in sys::map_keys(&self.ct, KEY_SIZE)? {
-            if sys::map_lookup(&self.ct, &k, &mut v)? {
-                out.push(Flow::parse(&k, &v));
-            }
-        }
-        Ok(out)
+        Ok(sys::hash_lookup_batch(&self.ct, KEY_SIZE, ENTRY_SIZE)?
+            .iter()
+            .map(|(k, v)| Flow::parse(k, v))
+            .collect())
     }
 
     /// Live flows that pass `f`.
@@ -580,21 +576,26 @@ impl Table {
     /// Removes expired entries (the kernel's gc worker); how many.
     pub fn gc(&self) -> Result<usize, CtError> {
         let now = now_ns();
+        let flows = self.flows()?;
         let mut n = 0;
-        for x in self.flows()? {
+        for x in &flows {
             if x.expires_ns <= now && sys::map_delete(&self.ct, &x.key)? {
                 n += 1;
             }
         }
-        self.recount()?;
+        // What the walk saw, less what it removed: no second walk of the table.
+        self.set_count((flows.len() - n) as u64)?;
         Ok(n)
+    }
+
+    fn set_count(&self, n: u64) -> Result<(), CtError> {
+        sys::map_update(&self.count, &0u32.to_ne_bytes(), &n.to_ne_bytes(), 0)?;
+        Ok(())
     }
 
     /// Sets `ct_count` to the entries present (the datapath keeps it exact between runs).
     fn recount(&self) -> Result<(), CtError> {
-        let n = sys::map_keys(&self.ct, KEY_SIZE)?.len() as u64;
-        sys::map_update(&self.count, &0u32.to_ne_bytes(), &n.to_ne_bytes(), 0)?;
-        Ok(())
+        self.set_count(self.flows()?.len() as u64)
     }
 
     pub fn count(&self) -> Result<u64, CtError> {
