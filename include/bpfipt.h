@@ -122,6 +122,12 @@ struct bpfipt_chain {
 	__u8 policy;	/* BPFIPT_T_ACCEPT or _DROP (built-in), BPFIPT_T_RETURN (user) */
 	__u8 skip;	/* empty built-in chain with policy ACCEPT */
 	__u16 needs;	/* built-in chains: BPFIPT_CHAIN_NEEDS_* of the table */
+	/* Built-in chains whose first rule is an unconditional `-m conntrack --ctstate S -j
+	 * ACCEPT` (or -m state): S (BPFIPT_CTS_* bits), else 0. A packet in S is that rule's
+	 * without classification, counted on ct_accept_slot (the paper's shortcut). */
+	__u16 ct_accept;
+	__u16 pad;
+	__u32 ct_accept_slot;
 };
 
 /* The table has rules on interface names: look the devices' names up. */

@@ -127,10 +127,11 @@ enum bpfipt_ct_stat {
 	BPFIPT_CT_NSTATS = 7,
 };
 
-/* skb->tc_index set by OUTPUT at lo's egress, read by INPUT at lo's ingress: the packet
- * keeps the conntrack state it got at OUTPUT, as the kernel's loopback keeps skb->_nfct.
- * Low byte: state bit, bit 8: reply direction. */
-#define BPFIPT_TC_INDEX_CT_TAG 0xc000
-#define BPFIPT_TC_INDEX_CT_MASK 0xf000
+/* Set by OUTPUT at lo's egress, read by INPUT at lo's ingress: the packet keeps the
+ * conntrack state it got at OUTPUT, as the kernel's loopback keeps skb->_nfct. Carried in
+ * skb->cb[0] (this magic) and cb[1] (state bit, bit 8: reply direction): kernel 6.18 zeroes
+ * skb->tc_index between lo's egress and its ingress (bpf_printk: 0xc008 written at egress, 0
+ * read at ingress), while the qdisc cb area survives until ip_rcv clears it. */
+#define BPFIPT_CB_CT_MAGIC 0xb1f7c7a9u
 
 #endif

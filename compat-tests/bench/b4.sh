@@ -10,11 +10,14 @@
 # Memory: `tcpconn hold` keeps --hold connections open; the figure is the growth of the
 # kernel's nf_conntrack slab (objects x object size, /proc/slabinfo) per entry that fw's
 # table gained (`conntrack -C`); the fixed hash table and per-entry extensions (allocated
-# only for accounting, timestamps, event listeners, helpers or NAT) are not counted. A
-# bpfipt that enforces -m conntrack itself is measured by its conntrack map instead
-# (bytes_memlock / max_entries of fw's daemon's maps named like BPFIPT_CT_MAP, default
-# "ct|conntrack"); until then bpfipt hands the table to the kernel and is labelled
-# `bpfipt(kernel fallback)`.
+# only for accounting, timestamps, event listeners, helpers or NAT) are not counted. bpfipt,
+# which tracks in eBPF, is measured the same way on its `ct` map (a hash map allocated per
+# element): the growth of the map's memory (bpftool's bytes_memlock, the kernel's
+# htab_map_mem_usage: element size and its allocator header per element; the buckets are
+# fixed, like the kernel's hash table) per entry its table gained (`bpfipt conntrack -C`).
+# The row `bpfipt ct elem` is the same element rounded to its kmalloc size class, what the
+# slab really gives it. A bpfipt that hands the table to the kernel is labelled
+# `bpfipt(kernel fallback)` and measured by the kernel's slab.
 #   compat-tests/bench/b4.sh [--backends none,legacy,nft,bpfipt] [--rounds 5] [--seconds 3]
 #                            [--hold 15000] [--quick] [--json F] [--plot F.png]
 set -uo pipefail
@@ -26,13 +29,17 @@ extra_opt() { [ "$1" = --hold ] && HOLD=$2 EXTRA_SHIFT=1; }
 bench_init "$@"
 [ "$QUICK" = 1 ] && HOLD=$((HOLD < 5000 ? HOLD : 5000))
 [ "$SMOKE" = 1 ] && HOLD=200
-CT_MAP_RE=${BPFIPT_CT_MAP:-ct|conntrack}
 
-cat > "$WORK/rules" <<'R'
+# BPFIPT_B4_NO_SHORTCUT=1: a rule that never matches first (for every backend), so that bpfipt
+# classifies established packets instead of taking its accept-established shortcut.
+first=""
+[ "${BPFIPT_B4_NO_SHORTCUT:-0}" = 1 ] && first="-A FORWARD -s 203.0.113.7/32 -j DROP"
+cat > "$WORK/rules" <<R
 *filter
 :INPUT ACCEPT [0:0]
 :FORWARD DROP [0:0]
 :OUTPUT ACCEPT [0:0]
+$first
 -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 -A FORWARD -p tcp --syn --dport 80 -j ACCEPT
 COMMIT
@@ -67,24 +74,47 @@ rate() {
         awk '{print $2, $4, $6}'
 }
 
-flush_ct() { [ "$1" = none ] || in_ns "${FW_OF[$1]}" conntrack -F >/dev/null 2>&1; }
+# flush_ct B: empties fw's table: the kernel's, and bpfipt's own when it tracks in eBPF.
+flush_ct() {
+    [ "$1" = none ] && return
+    in_ns "${FW_OF[$1]}" conntrack -F >/dev/null 2>&1
+    [[ "$1" == bpfipt* ]] && in_ns "${FW_OF[$1]}" "$BPFIPT" conntrack -F >/dev/null 2>&1
+    return 0
+}
 ct_count() { in_ns "${FW_OF[$1]}" conntrack -C 2>/dev/null || echo 0; }
 ct_slab() { awk '$1 == "nf_conntrack" {print $3 * $4}' /proc/slabinfo; }
 
-# bpf_ct_bytes B: bytes per entry of the conntrack maps of B's daemon, if it has any.
-bpf_ct_bytes() {
+# bpf_ct_mem B: bytes_memlock of the `ct` map of B's daemon (fails when it has none). The
+# daemon's maps are found by the map ids of its descriptors (fdinfo): bpftool lists no pids
+# on this kernel.
+bpf_ct_mem() {
     local pid
     pid=$(daemon_pid "${FW_OF[$1]}")
     [ -n "$pid" ] || return 1
     bpftool -j map show 2>/dev/null | "$PY" -c '
-import json, re, sys
-pid, pat = int(sys.argv[1]), re.compile(sys.argv[2])
-maps = [m for m in json.load(sys.stdin)
-        if pat.search(m.get("name", "")) and any(p.get("pid") == pid for p in m.get("pids", []))]
-if not maps:
+import glob, json, sys
+ids = set()
+for f in glob.glob("/proc/%s/fdinfo/*" % sys.argv[1]):
+    try:
+        for line in open(f):
+            if line.startswith("map_id:"):
+                ids.add(int(line.split()[1]))
+    except OSError:
+        pass
+maps = [m for m in json.load(sys.stdin) if m.get("name") == "ct" and m["id"] in ids]
+if len(maps) != 1:
     sys.exit(1)
-print(sum(m["bytes_memlock"] for m in maps) / sum(m["max_entries"] for m in maps))
-' "$pid" "$CT_MAP_RE"
+print(maps[0]["bytes_memlock"])
+' "$pid"
+}
+bpf_ct_count() { in_ns "${FW_OF[$1]}" "$BPFIPT" conntrack -C 2>/dev/null || echo 0; }
+# kmalloc_class N: the kmalloc size class an allocation of N bytes gets.
+kmalloc_class() {
+    local c
+    for c in 8 16 32 64 96 128 192 256 512 1024 2048 4096; do
+        [ "$1" -le "$c" ] && { echo "$c"; return; }
+    done
+    echo "$1"
 }
 
 for b in "${BACKENDS[@]}"; do
@@ -130,7 +160,13 @@ for r in $(seq 1 "$ROUNDS"); do
         progress "memory, round $r/$ROUNDS: ${LABEL[$b]} holding $HOLD connections"
         server "$b" --hold
         flush_ct "$b"
-        c0=$(ct_count "$b") s0=$(ct_slab)
+        native=0
+        [ "${LABEL[$b]}" = "$b" ] && [[ "$b" == bpfipt* ]] && native=1
+        if [ $native = 1 ]; then
+            c0=$(bpf_ct_count "$b") s0=$(bpf_ct_mem "$b" || echo -1)
+        else
+            c0=$(ct_count "$b") s0=$(ct_slab)
+        fi
         out="$WORK/hold.$b"
         : > "$out"
         nsenter --net="/run/netns/${SRC_OF[$b]}" "$BIN/tcpconn" hold --dst 198.51.100.1 --port 80 --src 192.0.2.1 \
@@ -138,15 +174,19 @@ for r in $(seq 1 "$ROUNDS"); do
         client=$!
         for _ in $(seq 1 600); do grep -q '^held' "$out" && break; sleep 0.1; done
         sleep 0.2 # the last handshakes' ACKs reach fw
-        c1=$(ct_count "$b") s1=$(ct_slab)
-        if [ "${LABEL[$b]}" = "$b" ] && [[ "$b" == bpfipt* ]]; then
-            if per=$(bpf_ct_bytes "$b"); then
-                sample "bytes per tracked conn" "${LABEL[$b]}" 2 "$per"
-            else
-                note "$b: enforced natively but no map matching /$CT_MAP_RE/: memory not measured"
-            fi
+        if [ $native = 1 ]; then
+            c1=$(bpf_ct_count "$b") s1=$(bpf_ct_mem "$b" || echo -1)
+        else
+            c1=$(ct_count "$b") s1=$(ct_slab)
+        fi
+        if [ "$s0" = -1 ] || [ "$s1" = -1 ]; then
+            note "$b: enforced natively but its daemon has no map named ct: memory not measured"
         elif [ "$c1" -gt "$c0" ]; then
-            sample "bytes per tracked conn" "${LABEL[$b]}" 2 "$("$PY" -c "print(($s1 - $s0) / ($c1 - $c0))")"
+            per=$("$PY" -c "print(($s1 - $s0) / ($c1 - $c0))")
+            sample "bytes per tracked conn" "${LABEL[$b]}" 2 "$per"
+            # The element in its kmalloc class (the accounting counts its exact size).
+            [ $native = 1 ] && sample "bytes per tracked conn" "bpfipt ct elem" 2 \
+                "$(kmalloc_class "$("$PY" -c "print(round($per))")")"
         else
             note "${LABEL[$b]} round $r: fw's conntrack table did not grow ($c0 -> $c1)"
         fi

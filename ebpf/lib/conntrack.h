@@ -800,6 +800,19 @@ static __always_inline int ct_match(const struct bpfipt_match *m)
 	return 1;
 }
 
+/* The accept-established shortcut: whether the packet's state is one of `states`, those of
+ * an unconditional first rule `--ctstate ... -j ACCEPT` of the chain, which then matches it
+ * whatever else the packet holds (compile.rs sets them only for such a rule). */
+static __always_inline int ct_shortcut(__u32 states)
+{
+	struct ct_pkt *r = ct_pkt_get();
+
+	if (!r || !r->on || !(r->bits & states))
+		return 0;
+	ct_stat(BPFIPT_CTS_SHORTCUT);
+	return 1;
+}
+
 /* Before classification: the packet's state. `lo_in`: INPUT at lo's ingress (the state
  * comes with the packet from OUTPUT); `reject_reply`: a reply our REJECT built. Returns -1
  * when the packet is dropped before any rule. */
@@ -817,9 +830,9 @@ __noinline int ct_begin(struct __sk_buff *skb, const struct pkt *p, int lo_in, i
 		r->on = 0;
 		return 0;
 	}
-	if (lo_in && (skb->tc_index & BPFIPT_TC_INDEX_CT_MASK) == BPFIPT_TC_INDEX_CT_TAG) {
-		ct_from_tag(p, r, skb->tc_index);
-		skb->tc_index = 0;
+	if (lo_in && skb->cb[0] == BPFIPT_CB_CT_MAGIC) {
+		ct_from_tag(p, r, skb->cb[1]);
+		skb->cb[0] = 0;
 		return 0;
 	}
 	if (reject_reply && p->proto == IPPROTO_TCP && ct_reject_reply(r))
@@ -837,8 +850,10 @@ __noinline int ct_end(struct __sk_buff *skb, int verdict, int lo_out)
 		return verdict;
 	if (verdict == TC_ACT_OK && ct_confirm(r) < 0)
 		return TC_ACT_SHOT;
-	if (lo_out && verdict == TC_ACT_OK)
-		skb->tc_index = BPFIPT_TC_INDEX_CT_TAG | (r->bits & 0xff) | ((r->dir & 1) << 8);
+	if (lo_out && verdict == TC_ACT_OK) {
+		skb->cb[0] = BPFIPT_CB_CT_MAGIC;
+		skb->cb[1] = (r->bits & 0xff) | ((r->dir & 1) << 8);
+	}
 	return verdict;
 }
 

@@ -36,6 +36,12 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 		count_reason(BPFIPT_R_PASS_SKIPPED_CHAIN);
 		return TC_ACT_OK;
 	}
+	if (c->ct_accept && ct_shortcut(c->ct_accept)) {
+		/* The chain's first rule accepts this state unconditionally: no classification. */
+		count_slot(c->ct_accept_slot, st->p.bytes);
+		count_reason(BPFIPT_R_RULE_ACCEPT);
+		return TC_ACT_OK;
+	}
 	st->p.has_in = 0;
 	st->p.has_out = 0;
 	st->p.in_hash = 0;

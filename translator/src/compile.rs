@@ -1185,10 +1185,22 @@ pub fn compile(
         for k in index.lists.keys() {
             fields |= 1 << k.field;
         }
+        // The accept-established shortcut: only for a first rule of a built-in chain, as no
+        // rule can come before it.
+        let (ct_accept, ct_accept_slot) = match cr.placed.first() {
+            Some(p) if c.hook.is_some() => {
+                let s = crate::conntrack::accept_shortcut(&p.rec);
+                (s, if s != 0 { p.slot } else { 0 })
+            }
+            _ => (0, 0),
+        };
         let rec = ChainRec {
             fields,
             tail_slot,
             policy,
+            ct_accept,
+            pad: 0,
+            ct_accept_slot,
             skip: (c.hook.is_some() && c.rules.is_empty() && policy == target::ACCEPT) as u8,
             needs: if c.hook.is_some() {
                 (if ifnames {

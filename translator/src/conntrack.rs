@@ -14,7 +14,7 @@ use crate::compile::Why;
 use crate::dataplane::Dataplane;
 use crate::ext::{Conntrack, CtDirection, CtStates, Match};
 use crate::ir::Ruleset;
-use crate::layout::MatchRec;
+use crate::layout::{target, MatchRec, RuleRec};
 use crate::sys;
 
 /// `BPFIPT_M_CONNTRACK`, `BPFIPT_M_CT_ADDR`.
@@ -48,6 +48,31 @@ fn state_bits(s: &CtStates) -> u16 {
         | b(s.snat, 0x40)
         | b(s.dnat, 0x80)
         | b(s.untracked, 0x100)
+}
+
+/// The accept-established shortcut: the states an unconditional `-m conntrack --ctstate S
+/// -j ACCEPT` (or `-m state --state S`) accepts, when `rec` is such a rule (no address,
+/// interface, protocol or fragment condition, no other match), else 0. Put first in a
+/// built-in chain, it is the first rule every packet in S matches, so the datapath accepts
+/// those packets and counts them on it without classifying them.
+pub fn accept_shortcut(rec: &RuleRec) -> u16 {
+    let m = &rec.m[0];
+    let u16_at = |off: usize| u16::from_ne_bytes([m.u8_at(off), m.u8_at(off + 1)]);
+    if rec.need != 0
+        || rec.invflags != 0
+        || rec.ipflags != 0
+        || rec.proto != 0
+        || rec.nmatch != 1
+        || rec.target != target::ACCEPT
+        || m.kind != KIND_CONNTRACK
+        || u16_at(2) != flag::STATE
+        || u16_at(4) != 0
+    {
+        return 0;
+    }
+    // INVALID, ESTABLISHED, RELATED, NEW: the states the tracker gives (SNAT, DNAT and
+    // UNTRACKED never match here, classification or not).
+    u16_at(0) & 0x0f
 }
 
 /// Whether a ruleset needs the tracker (the kernel registers conntrack for a namespace
@@ -518,16 +543,12 @@ impl Table {
         Ok(())
     }
 
-    /// Every entry, expired ones included.
+    /// Every entry, expired ones included (in batches: see sys::hash_lookup_batch).
     pub fn flows(&self) -> Result<Vec<Flow>, CtError> {
-        let mut out = Vec::new();
-        let mut v = vec![0u8; ENTRY_SIZE];
-        for k in sys::map_keys(&self.ct, KEY_SIZE)? {
-            if sys::map_lookup(&self.ct, &k, &mut v)? {
-                out.push(Flow::parse(&k, &v));
-            }
-        }
-        Ok(out)
+        Ok(sys::hash_lookup_batch(&self.ct, KEY_SIZE, ENTRY_SIZE)?
+            .iter()
+            .map(|(k, v)| Flow::parse(k, v))
+            .collect())
     }
 
     /// Live flows that pass `f`.
@@ -555,21 +576,26 @@ impl Table {
     /// Removes expired entries (the kernel's gc worker); how many.
     pub fn gc(&self) -> Result<usize, CtError> {
         let now = now_ns();
+        let flows = self.flows()?;
         let mut n = 0;
-        for x in self.flows()? {
+        for x in &flows {
             if x.expires_ns <= now && sys::map_delete(&self.ct, &x.key)? {
                 n += 1;
             }
         }
-        self.recount()?;
+        // What the walk saw, less what it removed: no second walk of the table.
+        self.set_count((flows.len() - n) as u64)?;
         Ok(n)
+    }
+
+    fn set_count(&self, n: u64) -> Result<(), CtError> {
+        sys::map_update(&self.count, &0u32.to_ne_bytes(), &n.to_ne_bytes(), 0)?;
+        Ok(())
     }
 
     /// Sets `ct_count` to the entries present (the datapath keeps it exact between runs).
     fn recount(&self) -> Result<(), CtError> {
-        let n = sys::map_keys(&self.ct, KEY_SIZE)?.len() as u64;
-        sys::map_update(&self.count, &0u32.to_ne_bytes(), &n.to_ne_bytes(), 0)?;
-        Ok(())
+        self.set_count(self.flows()?.len() as u64)
     }
 
     pub fn count(&self) -> Result<u64, CtError> {

@@ -95,6 +95,12 @@ pub struct ChainRec {
     pub skip: u8,
     /// Built-in chains: `CHAIN_NEEDS_*` of the table.
     pub needs: u16,
+    /// State bits of an unconditional first rule `--ctstate S -j ACCEPT` (0: none), whose
+    /// packets skip classification (`conntrack::accept_shortcut`).
+    pub ct_accept: u16,
+    pub pad: u16,
+    /// The counters slot of that rule.
+    pub ct_accept_slot: u32,
 }
 
 /// `BPFIPT_CHAIN_NEEDS_IFNAMES`
@@ -432,7 +438,16 @@ pub(crate) mod alignchecker {
             b,
             "bpfipt_chain",
             ChainRec,
-            [fields, tail_slot, policy, skip, needs]
+            [
+                fields,
+                tail_slot,
+                policy,
+                skip,
+                needs,
+                ct_accept,
+                pad,
+                ct_accept_slot
+            ]
         );
         check!(
             b,

@@ -349,6 +349,54 @@ pub fn array_lookup_batch(
     Ok(values)
 }
 
+/// Every (key, value) of a hash map, `BPF_MAP_LOOKUP_BATCH` a few thousand at a time: a
+/// table of 100000 connections costs tens of system calls instead of two per entry (the
+/// daemon's garbage collection walks it every few seconds). The batch cursor of a hash map
+/// is a bucket index; a bucket larger than the batch gives ENOSPC, and the batch grows.
+pub fn hash_lookup_batch(
+    map: &impl AsRawFd,
+    key_size: usize,
+    value_size: usize,
+) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut chunk = 4096usize;
+    let mut in_batch = 0u32;
+    let mut out_batch = 0u32;
+    let mut first = true;
+    loop {
+        let mut keys = vec![0u8; chunk * key_size];
+        let mut values = vec![0u8; chunk * value_size];
+        let mut a = Attr::new();
+        if !first {
+            a.u64(0, &in_batch as *const u32 as u64);
+        }
+        a.u64(8, &mut out_batch as *mut u32 as u64)
+            .u64(16, keys.as_mut_ptr() as u64)
+            .u64(24, values.as_mut_ptr() as u64)
+            .u32(32, chunk as u32)
+            .u32(36, map.as_raw_fd() as u32);
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
+        let got = a.get_u32(32) as usize;
+        for i in 0..got.min(chunk) {
+            out.push((
+                keys[i * key_size..(i + 1) * key_size].to_vec(),
+                values[i * value_size..(i + 1) * value_size].to_vec(),
+            ));
+        }
+        match r {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
+                chunk *= 2;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        first = false;
+        in_batch = out_batch;
+    }
+}
+
 /// Updates `keys[i]` to `values[i]` of an array map of u32 values in one
 /// `BPF_MAP_UPDATE_BATCH` (as few calls as the kernel needs).
 pub fn array_update_batch(map: &impl AsRawFd, keys: &[u32], values: &[u32]) -> io::Result<()> {
