@@ -60,6 +60,7 @@ for n in "${RULES[@]}"; do
             fi
         fi
         secs=$("$PY" -c "print(f'{$EPOCHREALTIME - $t:.1f}')")
+        xdp_on "$b" "${FW_OF[$b]}" || note "$b at $n rules: bpfipt xdp failed"
         LABEL[$b]=$(label "$b" "${FW_OF[$b]}")
         # The rules must hold: a port the chain does not accept never reaches dst.
         read -r got _ < <(blast "$b" 1 10 --count 2000)

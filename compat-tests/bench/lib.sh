@@ -118,12 +118,18 @@ in_ns() {
 backend_ready() {
     case "$1" in
         bpfipt-xdp)
-            # The XDP option (accepted forwarded packets redirected at XDP, BENCH.md B1) does
-            # not exist yet: when it does, enable it in backend_env and drop this.
-            note "bpfipt-xdp: skipped, bpfipt has no XDP option yet"
-            return 1 ;;
+            # bpfipt with the XDP option (`bpfipt xdp $BPFIPT_XDP_MODE`, default generic):
+            # accepted forwarded packets are redirected at XDP (BENCH.md B1). Switched on by
+            # xdp_on after the first restore.
+            return 0 ;;
     esac
     return 0
+}
+
+# xdp_on B NS: turns the XDP option on in NS for backend bpfipt-xdp (nothing for others).
+xdp_on() {
+    [ "$1" = bpfipt-xdp ] || return 0
+    in_ns "$2" "$BPFIPT" xdp "${BPFIPT_XDP_MODE:-generic}" >/dev/null
 }
 
 # backend_env B: the environment of B's iptables commands.

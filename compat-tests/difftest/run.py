@@ -359,6 +359,15 @@ def cmd_diff(args):
         digest.update(text.encode())
         stext = mutate(text) if args.mutate else text
         rk, rs = k.load(text), s.load(stext)
+        if args.xdp and not args.self_check and rs.returncode == 0:
+            # The setting is the namespace's; applied (again) after each load.
+            x = subprocess.run(["ip", "netns", "exec", s.ns["fw"],
+                                os.path.join(args.bin, "bpfipt"), "xdp", args.xdp],
+                               capture_output=True, text=True)
+            if x.returncode != 0 or "attached to: " not in x.stdout:
+                print("difftest: HARNESS ERROR: bpfipt xdp %s: %s%s" % (args.xdp, x.stdout,
+                                                                         x.stderr))
+                return 2
         if not args.self_check and rs.returncode == 0:
             st = subprocess.run(["ip", "netns", "exec", s.ns["fw"], os.path.join(args.bin, "bpfipt"),
                                  "status"], capture_output=True, text=True).stdout
@@ -671,6 +680,8 @@ def main():
                     "counts too (README, Known differences)")
     ap.add_argument("--send-errors", action="store_true",
                     help="count sendto() errors of OUTPUT packets as part of the fate")
+    ap.add_argument("--xdp", choices=["generic", "native"],
+                    help="the shim side runs with the XDP option (bpfipt xdp MODE)")
     ap.add_argument("--gap", type=float, default=0.0003, help="seconds between packets")
     ap.add_argument("--settle", type=float, default=0.15, help="seconds to wait after a batch")
     ap.add_argument("--show", type=int, default=10, help="rulesets with disagreements to print")

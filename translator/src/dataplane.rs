@@ -283,6 +283,7 @@ impl Dataplane {
             .map_max_entries("ifnames", limits.ifnames)
             .map_max_entries("local4", limits.local_addrs)
             .map_max_entries("ct", crate::conntrack::map_entries())
+            .map_max_entries("xdp_devs", limits.ifnames)
             .load(OBJECT)
             .map_err(|e| Error::Load(format!("{e:?}")))?;
         for p in [Prog::Ingress, Prog::Egress] {
@@ -293,6 +294,12 @@ impl Dataplane {
                 .map_err(|e| Error::Load(format!("{e:?}")))?;
             prog.load().map_err(|e| Error::Load(format!("{e:?}")))?;
         }
+        let xdp: &mut aya::programs::Xdp = ebpf
+            .program_mut(crate::xdp::XDP_ROLE)
+            .ok_or(Error::Missing("program"))?
+            .try_into()
+            .map_err(|e| Error::Load(format!("{e:?}")))?;
+        xdp.load().map_err(|e| Error::Load(format!("{e:?}")))?;
         let maps = Maps {
             config: map_fd(&ebpf, "config")?,
             chains: map_fd(&ebpf, "chains")?,
@@ -331,6 +338,37 @@ impl Dataplane {
     /// A map of the object by name (the conntrack maps, which no image writes).
     pub fn map(&self, name: &'static str) -> Result<OwnedFd, Error> {
         map_fd(&self.ebpf, name)
+    }
+
+    /// The XDP program's fd (the XDP option, `xdp::ensure`).
+    pub fn xdp_prog_fd(&self) -> Result<OwnedFd, Error> {
+        let prog: &aya::programs::Xdp = self
+            .ebpf
+            .program(crate::xdp::XDP_ROLE)
+            .ok_or(Error::Missing("program"))?
+            .try_into()
+            .map_err(|e| Error::Load(format!("{e:?}")))?;
+        prog.fd()
+            .map_err(|e| Error::Load(format!("{e:?}")))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(sys_err("dup"))
+    }
+
+    /// What the XDP fast path knows of an arriving device (`None`: gone, or nothing to know):
+    /// its MAC address and `BPFIPT_XDP_DEV_*` flags (struct bpfipt_xdp_dev).
+    pub fn set_xdp_dev(&self, ifindex: u32, dev: Option<([u8; 6], u16)>) -> Result<(), Error> {
+        let m = self.map("xdp_devs")?;
+        match dev {
+            Some((mac, flags)) => {
+                let v = layout::XdpDev { mac, flags };
+                sys::map_update(&m, &ifindex.to_ne_bytes(), v.as_bytes(), sys::BPF_ANY)
+                    .map_err(sys_err("update xdp_devs"))
+            }
+            None => sys::map_delete(&m, &ifindex.to_ne_bytes())
+                .map(|_| ())
+                .map_err(sys_err("delete xdp_devs")),
+        }
     }
 
     /// The program's fd, for attachment (`sys::tcx_attach`).
