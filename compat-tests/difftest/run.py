@@ -495,6 +495,19 @@ def cmd_diff(args):
         print("difftest: enforced by the eBPF datapath: %d of %d rulesets%s" % (
             native, rulesets, "".join("\n  kernel fallback (%d): %s" % (n, w)
                                       for w, n in sorted(fallbacks.items()))))
+        if args.xdp:
+            # What XDP decided itself (the datapath's verdict reasons, whole run).
+            st = subprocess.run(["ip", "netns", "exec", s.ns["fw"],
+                                 os.path.join(args.bin, "bpfipt"), "status"],
+                                capture_output=True, text=True).stdout
+            xr = {}
+            for w in st.split():
+                name, _, n = w.partition("=")
+                if name.startswith("Xdp") and n.isdigit():
+                    xr[name] = int(n)
+            print("difftest: XDP (%s): redirected %d, INPUT accepted %d, passed to TC %d" % (
+                args.xdp, xr.get("XdpForwarded", 0), xr.get("XdpInputDone", 0),
+                xr.get("XdpPass", 0)))
         # After a fallback the kernel's tables are given back (no rules, ACCEPT policies):
         # anything else left in them means the kernel filtered beside the datapath.
         leaked = subprocess.run(["ip", "netns", "exec", s.ns["fw"], "iptables-legacy-save"],
