@@ -5,7 +5,8 @@
 # the TC path), a veth created after the last commit gets the XDP program within a second,
 # and switching the option off and on under traffic never lets a dropped packet through nor
 # counts one twice. Native mode: the peers c0 and s0 get an XDP program of their own (a veth
-# accepts native redirects only then), and forwarding from a veth stays on the stack.
+# accepts native redirects only then), and datagrams of a local socket arriving on a veth
+# (CHECKSUM_PARTIAL) are forwarded by the stack.
 #   compat-tests/xdp.sh [generic|native ...]   (default: both)
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -14,6 +15,7 @@ modes=("$@")
 [ ${#modes[@]} = 0 ] && modes=(generic native)
 IPT=/usr/sbin/iptables-legacy
 TTLRECV="$ROOT/compat-tests/tools/ttlrecv.py"
+RAWUDP="$ROOT/compat-tests/tools/rawudp.py"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"; e2e_cleanup' EXIT
 
@@ -102,10 +104,31 @@ for mode in "${modes[@]}"; do
         check "$mode: they took the fast path ($f0 -> $f1 redirected)" [ $((f1 - f0)) -ge 100 ]
     else
         # A native redirect would send a local sender's CHECKSUM_PARTIAL datagram with its
-        # checksum unfinished: from a veth, native mode leaves forwarding to the stack.
+        # checksum unfinished: from a veth, such datagrams (these) are left to the stack.
         check "$mode: from a veth they took the stack ($f0 -> $f1 redirected)" [ $((f1 - f0)) = 0 ]
     fi
     check "$mode: FORWARD ACCEPT counted 100 ($(pkts "$F" FORWARD 1))" [ "$(pkts "$F" FORWARD 1)" = 100 ]
+    # Whole frames (AF_PACKET): a right checksum takes the fast path in both modes; a wrong
+    # one is forwarded as the kernel does (generic: redirected as is; native: by the stack)
+    # and dropped by the receiver.
+    f0mac=$(ip -n "$F" -j link show f0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])')
+    ip netns exec "$S" nstat -n
+    r0=$(reason "$F" XdpForwarded)
+    ip netns exec "$S" python3 "$TTLRECV" 6000 2 > "$tmp/raw" &
+    sleep 0.3
+    ip netns exec "$C" python3 "$RAWUDP" c0 "$f0mac" 10.1.0.2 10.2.0.2 6000 40 good
+    ip netns exec "$C" python3 "$RAWUDP" c0 "$f0mac" 10.1.0.2 10.2.0.2 6000 40 bad
+    wait
+    r1=$(reason "$F" XdpForwarded)
+    bad=$(ip netns exec "$S" nstat -az UdpInCsumErrors | awk '/UdpInCsumErrors/ { print $2 }')
+    check "$mode: whole frames: the 40 right ones arrive ($(cat "$tmp/raw"))" grep -qx "40 63" "$tmp/raw"
+    check "$mode: whole frames: the 40 wrong ones reach the server and fail its checksum ($bad)" [ "$bad" = 40 ]
+    if [ "$mode" = generic ]; then
+        check "$mode: whole frames: all 80 redirected ($r0 -> $r1)" [ $((r1 - r0)) = 80 ]
+    else
+        check "$mode: whole frames: the 40 right ones redirected ($r0 -> $r1)" [ $((r1 - r0)) = 40 ]
+    fi
+    check "$mode: FORWARD ACCEPT counted 180 ($(pkts "$F" FORWARD 1))" [ "$(pkts "$F" FORWARD 1)" = 180 ]
     check "$mode: FORWARD DROP: nothing arrives ($(cat "$tmp/fdrop"))" grep -qx "0 -" "$tmp/fdrop"
     check "$mode: FORWARD DROP counted 100 ($(pkts "$F" FORWARD 2))" [ "$(pkts "$F" FORWARD 2)" = 100 ]
     check "$mode: FORWARD REJECT answers with an RST (through TC)" refused "$C" 10.2.0.2 6003

@@ -22,6 +22,10 @@ struct bpfipt_xdp_dev {
 /* Native redirects to this device are sent (NETDEV_XDP_ACT_NDO_XMIT; a veth has it only while
  * its peer has an XDP program or GRO on, else the frames are dropped). */
 #define BPFIPT_XDP_DEV_NDO_XMIT 0x0004
+/* A veth in native mode: a frame from a local sender may carry CHECKSUM_PARTIAL (an
+ * unfinished transport checksum), which a native redirect does not finish; only frames whose
+ * checksum verifies take the fast path. */
+#define BPFIPT_XDP_DEV_VERIFY_CSUM 0x0008
 
 /* The 4 bytes of XDP metadata (bpf_xdp_adjust_meta) by which XDP tells the TC ingress program
  * that it classified the packet through INPUT, counted it and accepted it. */

@@ -38,7 +38,9 @@ import select
 import signal
 import socket
 import struct
+import shutil
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -327,7 +329,26 @@ def make_sides(args):
                 sys.exit("difftest: %s is missing (cargo build --release)" % f)
     k = Side("kernel", topo.setup(args.prefix, "k"), None)
     s = Side("shim", topo.setup(args.prefix, "s"), shim_env)
+    if args.xdp == "native":
+        xdp_peers(s.ns)
     return k, s
+
+
+def xdp_peers(ns):
+    """An XDP program that passes everything on the far end of each of fw's links: a veth
+    takes native XDP redirects only then (else bpfipt leaves forwarding to the stack)."""
+    d = tempfile.mkdtemp()
+    src, obj = os.path.join(d, "pass.c"), os.path.join(d, "pass.o")
+    with open(src, "w") as f:
+        f.write('#include <linux/bpf.h>\n'
+                '__attribute__((section("xdp"), used)) int p(struct xdp_md *c) { return XDP_PASS; }\n'
+                'char _license[] __attribute__((section("license"), used)) = "GPL";\n')
+    subprocess.run(["clang-19", "-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
+                    "-c", src, "-o", obj], check=True)
+    for _, peer, pif, _ in topo.LINKS:
+        subprocess.run(["ip", "-n", ns[peer], "link", "set", "dev", pif, "xdpdrv", "obj", obj,
+                        "sec", "xdp"], check=True)
+    shutil.rmtree(d)
 
 
 def cmd_diff(args):

@@ -184,6 +184,51 @@ static __always_inline int special_addr(__u32 a)
 	return top == 0 || top == 127 || top >= 224;
 }
 
+/* The largest transport segment whose checksum XDP verifies (an Ethernet MTU's). */
+#define XDP_CSUM_MAX 1480
+
+/* Whether the TCP or UDP checksum of the (unfragmented, option-free) datagram is complete and
+ * right: a CHECKSUM_PARTIAL frame's field holds only the pseudo-header sum, and a wrong
+ * checksum is the receiver's to drop; both go to the stack. UDP without checksum is fine. */
+static __always_inline int l4_csum_ok(struct xdp_md *ctx, const struct pkt *p)
+{
+	void *end = (void *)(long)ctx->data_end;
+	__u8 *l4 = (void *)(long)ctx->data + ETH_HLEN_ + 20;
+	__u32 n = p->l4len, sum;
+
+	if (p->proto == IPPROTO_UDP) {
+		if ((void *)(l4 + 8) > end)
+			return 0;
+		if (l4[6] == 0 && l4[7] == 0)
+			return 1;
+	}
+	if (n > XDP_CSUM_MAX)
+		return 0;
+	/* The pseudo-header, as the words lie in memory (the sum is byte-order free). */
+	sum = (p->saddr & 0xffff) + (p->saddr >> 16) + (p->daddr & 0xffff) + (p->daddr >> 16) +
+	      bpf_htons((__u16)p->proto) + bpf_htons((__u16)n);
+	for (__u32 i = 0; i < XDP_CSUM_MAX / 2; i++) {
+		__u16 *w = (__u16 *)(l4 + 2 * i);
+
+		if (2 * i + 2 > n)
+			break;
+		if ((void *)(w + 1) > end)
+			return 0;
+		sum += *w;
+	}
+	if (n & 1) {
+		__u8 *b = l4 + (n & 0x7fe);
+
+		if ((void *)(b + 1) > end)
+			return 0;
+		/* The last byte, padded with a zero byte after it. */
+		sum += *b;
+	}
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum == 0xffff;
+}
+
 static __always_inline int xdp_input(struct xdp_md *ctx, struct state *st, __u32 half)
 {
 	__u32 *meta;
@@ -263,6 +308,15 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, struct state *st, __u
 	r = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (r != BPF_FIB_LKUP_RET_SUCCESS)
 		return xdp_pass();
+	if (dev->flags & BPFIPT_XDP_DEV_VERIFY_CSUM) {
+		/* Only TCP and UDP checksums are left unfinished (and SCTP's CRC): other
+		 * protocols' senders complete theirs, except SCTP, which goes to the stack. */
+		if (st->p.proto == IPPROTO_SCTP)
+			return xdp_pass();
+		if ((st->p.proto == IPPROTO_TCP || st->p.proto == IPPROTO_UDP) &&
+		    !l4_csum_ok(ctx, &st->p))
+			return xdp_pass();
+	}
 	/* Out the arrival device: the kernel may send an ICMP redirect. */
 	if (fib.ifindex == in_dev)
 		return xdp_pass();

@@ -507,29 +507,36 @@ impl Datapath {
             if l.ifindex == lo {
                 continue;
             }
+            let mut base = 0;
+            if xdp::fast_path_allowed(&l.name) {
+                base |= layout::XDP_DEV_FAST;
+            }
+            if features
+                .get(&l.ifindex)
+                .is_some_and(|f| f & xdp::XDP_ACT_NDO_XMIT != 0)
+            {
+                base |= layout::XDP_DEV_NDO_XMIT;
+            }
+            // What a native program must check: the target's NDO_XMIT, and on a veth the
+            // checksum (a native redirect loses the skb's CHECKSUM_PARTIAL, a local sender's
+            // unfinished transport checksum: the receiver would drop it, UdpInCsumErrors
+            // measured). Generic XDP keeps the skb and needs neither.
+            let native = layout::XDP_DEV_NATIVE
+                | if l.veth {
+                    layout::XDP_DEV_VERIFY_CSUM
+                } else {
+                    0
+                };
+            // Until the attachment is settled, the checks of either mode: a native program
+            // being replaced must never run with a generic device's flags.
+            let pre = if mode == Mode::Native || l.drv_prog.is_some() {
+                base | native
+            } else {
+                base
+            };
             let dev = match (mode, l.mac) {
                 (Mode::Off, _) | (_, None) => None,
-                (_, Some(mac)) => {
-                    let mut flags = 0;
-                    // A native redirect of a veth's frame loses the skb's CHECKSUM_PARTIAL
-                    // (a local sender's unfinished transport checksum): the receiver would
-                    // drop it (UdpInCsumErrors, measured). Generic XDP keeps the skb.
-                    if xdp::fast_path_allowed(&l.name) && !(mode == Mode::Native && l.veth) {
-                        flags |= layout::XDP_DEV_FAST;
-                    }
-                    if mode == Mode::Native {
-                        // Set before the attachment, so a native program never redirects
-                        // unchecked (on a generic device the check only costs speed).
-                        flags |= layout::XDP_DEV_NATIVE;
-                    }
-                    if features
-                        .get(&l.ifindex)
-                        .is_some_and(|f| f & xdp::XDP_ACT_NDO_XMIT != 0)
-                    {
-                        flags |= layout::XDP_DEV_NDO_XMIT;
-                    }
-                    Some((mac, flags))
-                }
+                (_, Some(mac)) => Some((mac, pre)),
             };
             if let Err(e) = self.dp.set_xdp_dev(l.ifindex, dev) {
                 if dev.is_some() {
@@ -543,6 +550,18 @@ impl Datapath {
             };
             match r {
                 Ok(Some(a)) => {
+                    let fin = if a == xdp::Attached::Native {
+                        base | native
+                    } else {
+                        base
+                    };
+                    if let (Some(mac), true) = (l.mac, fin != pre) {
+                        // A native program just detached may still be running on another
+                        // CPU: wait for it before relaxing the checks.
+                        if self.dp.sync().is_ok() {
+                            let _ = self.dp.set_xdp_dev(l.ifindex, Some((mac, fin)));
+                        }
+                    }
                     now.insert(l.name.clone(), a);
                 }
                 Ok(None) => {}

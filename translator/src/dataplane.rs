@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aya::maps::Map;
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::compile::{Change, Image};
@@ -254,6 +254,24 @@ impl Drop for CounterStripes {
     }
 }
 
+/// A program load, again when the verifier gave up with EAGAIN: it does when a signal is
+/// pending for the loading thread (a child's SIGCHLD), which a second of verification per
+/// program makes likely in a busy process.
+fn retry_eagain(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), Error> {
+    let mut tries = 0;
+    loop {
+        match load() {
+            Ok(()) => return Ok(()),
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            Err(e) => return Err(Error::Load(format!("{e:?}"))),
+        }
+    }
+}
+
 fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, Error> {
     let m = ebpf.map(name).ok_or(Error::Missing(name))?;
     let data = match m {
@@ -292,14 +310,14 @@ impl Dataplane {
                 .ok_or(Error::Missing("program"))?
                 .try_into()
                 .map_err(|e| Error::Load(format!("{e:?}")))?;
-            prog.load().map_err(|e| Error::Load(format!("{e:?}")))?;
+            retry_eagain(|| prog.load())?;
         }
         let xdp: &mut aya::programs::Xdp = ebpf
             .program_mut(crate::xdp::XDP_ROLE)
             .ok_or(Error::Missing("program"))?
             .try_into()
             .map_err(|e| Error::Load(format!("{e:?}")))?;
-        xdp.load().map_err(|e| Error::Load(format!("{e:?}")))?;
+        retry_eagain(|| xdp.load())?;
         let maps = Maps {
             config: map_fd(&ebpf, "config")?,
             chains: map_fd(&ebpf, "chains")?,

@@ -78,6 +78,8 @@ pub const XDP_DEV_FAST: u16 = 0x0001;
 pub const XDP_DEV_NATIVE: u16 = 0x0002;
 /// `BPFIPT_XDP_DEV_NDO_XMIT`
 pub const XDP_DEV_NDO_XMIT: u16 = 0x0004;
+/// `BPFIPT_XDP_DEV_VERIFY_CSUM`
+pub const XDP_DEV_VERIFY_CSUM: u16 = 0x0008;
 
 /// `struct bpfipt_xdp_dev` (include/bpfipt_xdp.h)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
