@@ -9,7 +9,8 @@
 # RST that answered it) must be the same. See difftest/run.py for the details.
 #
 #   compat-tests/difftest.sh [--seed N] [--cases N] [--only I] [--self-check] [--mutate]
-#                            [--counters] [--strict] [--report FILE] [-v] ...   (--help for all)
+#                            [--counters] [--strict] [--xdp generic|native] [--report FILE]
+#                            [-v] ...   (--help for all)
 #
 # --self-check loads the rules with the real tool on both sides: it must report full agreement
 # (the harness is deterministic). --mutate changes one rule on the second side: it must not.
@@ -19,6 +20,8 @@
 # fw's own addresses arrives from (lo for bpfipt, the address's device for the kernel); the
 # packets that agree only thanks to it are counted on their own line, --strict counts them as
 # disagreements.
+# --xdp MODE runs the shim side with the XDP option (`bpfipt xdp MODE`): INPUT at XDP and
+# the forwarding fast path must give the same fates (and, with --counters, counts).
 # Prints "difftest: A agree of N"; exit status 0 only if all agree.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"

@@ -22,6 +22,7 @@ step "daemon" "$here/daemon.sh"
 step "package" "$here/package.sh"
 step "counters" "$here/counters.sh"
 step "datapath" "$here/datapath.sh"
+step "xdp" "$here/xdp.sh"
 # Packets through random rulesets, the kernel against the datapath, and the counters after
 # each ruleset (about a minute); another seed with BPFIPT_DIFFTEST_SEED, more packets with
 # BPFIPT_DIFFTEST_CASES.

@@ -104,7 +104,14 @@ enum bpfipt_reason {
 	BPFIPT_R_FRAG_PENDING = 15,
 	/* A fragment for INPUT dropped: too many datagrams being reassembled. */
 	BPFIPT_R_FRAG_FULL = 16,
-	BPFIPT_NREASONS = 17,
+	/* TC ingress: XDP classified the packet through INPUT and accepted it (xdp.h). */
+	BPFIPT_R_XDP_INPUT_DONE = 17,
+	/* XDP: a forwarded packet accepted by FORWARD and redirected to its output device. */
+	BPFIPT_R_XDP_FORWARDED = 18,
+	/* XDP: left to the TC path untouched (conntrack, fragments, REJECT, a check the kernel
+	 * makes that XDP cannot, ...). */
+	BPFIPT_R_XDP_PASS = 19,
+	BPFIPT_NREASONS = 20,
 };
 
 /* config: ARRAY, one entry, not halved. */

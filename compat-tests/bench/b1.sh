@@ -7,11 +7,15 @@
 # DROP. udpblast sends 60-byte UDP frames from 192.0.2.1 (8192 source ports) to
 # 198.51.100.1:9 from CPU 0 for --seconds; fw forwards on the other CPU (RPS); the figure is
 # packets per second received on dst's interface (its counters; dst drops them at ingress).
-# Backends are measured interleaved at each N. A load taking longer than --load-timeout
-# seconds (default 600) skips that backend at that N, with a note.
+# bpfipt-xdp is bpfipt with `bpfipt xdp native` (BPFIPT_XDP_MODE=generic for generic mode):
+# dst's s0 gets an XDP program that passes everything (a veth takes native redirects only
+# then) and fw's f0 threaded NAPI pinned to the forwarding CPU (native XDP on a veth runs in
+# the sending CPU's NAPI otherwise). Backends are measured interleaved at each N. A load
+# taking longer than --load-timeout seconds (default 600) skips that backend at that N, with
+# a note.
 set -uo pipefail
 BENCH=b1 TITLE="B1: forwarding throughput, kpps received on dst (higher is better)"
-SMOKE_RULES=0,100 DEFAULT_RULES=0,100,1000,5000,10000,50000 DEFAULT_BACKENDS=none,legacy,nft,bpfipt
+SMOKE_RULES=0,100 DEFAULT_RULES=0,100,1000,5000,10000,50000 DEFAULT_BACKENDS=none,legacy,nft,bpfipt,bpfipt-xdp
 DEFAULT_DURATION=3
 LOAD_TIMEOUT=600
 extra_opt() { [ "$1" = --load-timeout ] && LOAD_TIMEOUT=$2 EXTRA_SHIFT=1; }
@@ -27,6 +31,7 @@ for b in "${BACKENDS[@]}"; do
     SRC_OF[$b]=$SRC FW_OF[$b]=$FW DST_OF[$b]=$DST C0MAC_OF[$b]=$C0MAC F0MAC_OF[$b]=$F0MAC
     # dst drops at its ingress, so its own stack costs fw's CPU as little as possible.
     in_ns "$DST" nft -f - <<< "table netdev sink { chain c { type filter hook ingress device s0 priority 0; policy drop; }; }"
+    xdp_peer "$b" "$DST" s0 || note "$b: no XDP program on dst's s0"
     live+=("$b")
 done
 
@@ -60,6 +65,8 @@ for n in "${RULES[@]}"; do
             fi
         fi
         secs=$("$PY" -c "print(f'{$EPOCHREALTIME - $t:.1f}')")
+        xdp_on "$b" "${FW_OF[$b]}" || note "$b at $n rules: bpfipt xdp failed"
+        xdp_napi "$b" "${FW_OF[$b]}" f0 || note "$b: threaded NAPI of f0 not pinned"
         LABEL[$b]=$(label "$b" "${FW_OF[$b]}")
         # The rules must hold: a port the chain does not accept never reaches dst.
         read -r got _ < <(blast "$b" 1 10 --count 2000)

@@ -118,12 +118,53 @@ in_ns() {
 backend_ready() {
     case "$1" in
         bpfipt-xdp)
-            # The XDP option (accepted forwarded packets redirected at XDP, BENCH.md B1) does
-            # not exist yet: when it does, enable it in backend_env and drop this.
-            note "bpfipt-xdp: skipped, bpfipt has no XDP option yet"
-            return 1 ;;
+            # bpfipt with the XDP option (`bpfipt xdp $BPFIPT_XDP_MODE`, default native):
+            # accepted forwarded packets are redirected at XDP (BENCH.md B1). Switched on by
+            # xdp_on after the first restore.
+            return 0 ;;
     esac
     return 0
+}
+
+# The XDP mode of backend bpfipt-xdp: native (the paper's fast path; on veth it needs an XDP
+# program on the receiving peer, see xdp_peer), or generic with BPFIPT_XDP_MODE=generic.
+XDP_MODE=${BPFIPT_XDP_MODE:-native}
+
+# xdp_on B NS: turns the XDP option on in NS for backend bpfipt-xdp (nothing for others).
+xdp_on() {
+    [ "$1" = bpfipt-xdp ] || return 0
+    in_ns "$2" "$BPFIPT" xdp "$XDP_MODE" >/dev/null
+}
+
+# xdp_peer B NS DEV: for bpfipt-xdp in native mode, an XDP program that passes everything on
+# DEV in NS, the veth end that receives fw's native redirects: veth_xdp_xmit drops frames
+# unless the receiving end has XDP (or GRO) on, and bpfipt then leaves them to the stack.
+xdp_peer() {
+    [ "$1" = bpfipt-xdp ] && [ "$XDP_MODE" = native ] || return 0
+    if [ ! -f "$WORK/xdp_pass.o" ]; then
+        printf '%s\n' '#include <linux/bpf.h>' \
+            '__attribute__((section("xdp"), used)) int xdp_pass(struct xdp_md *c) { return XDP_PASS; }' \
+            'char _license[] __attribute__((section("license"), used)) = "GPL";' > "$WORK/xdp_pass.c"
+        clang-19 -O2 -target bpf -I/usr/include/x86_64-linux-gnu -c "$WORK/xdp_pass.c" \
+            -o "$WORK/xdp_pass.o" || return 1
+    fi
+    ip -n "$2" link set dev "$3" xdpdrv obj "$WORK/xdp_pass.o" sec xdp
+}
+
+# xdp_napi B NS DEV: for bpfipt-xdp in native mode, DEV's receive work on FWD_CPU. Native XDP
+# on a veth runs in the veth's NAPI, scheduled on the CPU that transmitted (the sender's),
+# before RPS could move it: threaded NAPI pinned to FWD_CPU keeps the split of the other
+# backends (sender on SEND_CPU, fw on FWD_CPU).
+xdp_napi() {
+    [ "$1" = bpfipt-xdp ] && [ "$XDP_MODE" = native ] && [ "$NCPU" -gt 1 ] || return 0
+    local before p
+    # Only the threads this makes (another namespace may have a DEV of the same name).
+    before=" $(pgrep -f "^napi/$3-" | tr '\n' ' ') "
+    ip netns exec "$2" sh -c "echo 1 > /sys/class/net/$3/threaded" || return 1
+    for p in $(pgrep -f "^napi/$3-"); do
+        [[ "$before" == *" $p "* ]] && continue
+        taskset -pc "$FWD_CPU" "$p" >/dev/null || return 1
+    done
 }
 
 # backend_env B: the environment of B's iptables commands.

@@ -38,7 +38,9 @@ import select
 import signal
 import socket
 import struct
+import shutil
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -337,7 +339,26 @@ def make_sides(args):
                 sys.exit("difftest: %s is missing (cargo build --release)" % f)
     k = Side("kernel", topo.setup(args.prefix, "k"), None)
     s = Side("shim", topo.setup(args.prefix, "s"), shim_env)
+    if args.xdp == "native":
+        xdp_peers(s.ns)
     return k, s
+
+
+def xdp_peers(ns):
+    """An XDP program that passes everything on the far end of each of fw's links: a veth
+    takes native XDP redirects only then (else bpfipt leaves forwarding to the stack)."""
+    d = tempfile.mkdtemp()
+    src, obj = os.path.join(d, "pass.c"), os.path.join(d, "pass.o")
+    with open(src, "w") as f:
+        f.write('#include <linux/bpf.h>\n'
+                '__attribute__((section("xdp"), used)) int p(struct xdp_md *c) { return XDP_PASS; }\n'
+                'char _license[] __attribute__((section("license"), used)) = "GPL";\n')
+    subprocess.run(["clang-19", "-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
+                    "-c", src, "-o", obj], check=True)
+    for _, peer, pif, _ in topo.LINKS:
+        subprocess.run(["ip", "-n", ns[peer], "link", "set", "dev", pif, "xdpdrv", "obj", obj,
+                        "sec", "xdp"], check=True)
+    shutil.rmtree(d)
 
 
 def cmd_diff(args):
@@ -369,6 +390,15 @@ def cmd_diff(args):
         digest.update(text.encode())
         stext = mutate(text) if args.mutate else text
         rk, rs = k.load(text), s.load(stext)
+        if args.xdp and not args.self_check and rs.returncode == 0:
+            # The setting is the namespace's; applied (again) after each load.
+            x = subprocess.run(["ip", "netns", "exec", s.ns["fw"],
+                                os.path.join(args.bin, "bpfipt"), "xdp", args.xdp],
+                               capture_output=True, text=True)
+            if x.returncode != 0 or "attached to: " not in x.stdout:
+                print("difftest: HARNESS ERROR: bpfipt xdp %s: %s%s" % (args.xdp, x.stdout,
+                                                                         x.stderr))
+                return 2
         if not args.self_check and rs.returncode == 0:
             st = subprocess.run(["ip", "netns", "exec", s.ns["fw"], os.path.join(args.bin, "bpfipt"),
                                  "status"], capture_output=True, text=True).stdout
@@ -496,6 +526,19 @@ def cmd_diff(args):
         print("difftest: enforced by the eBPF datapath: %d of %d rulesets%s" % (
             native, rulesets, "".join("\n  kernel fallback (%d): %s" % (n, w)
                                       for w, n in sorted(fallbacks.items()))))
+        if args.xdp:
+            # What XDP decided itself (the datapath's verdict reasons, whole run).
+            st = subprocess.run(["ip", "netns", "exec", s.ns["fw"],
+                                 os.path.join(args.bin, "bpfipt"), "status"],
+                                capture_output=True, text=True).stdout
+            xr = {}
+            for w in st.split():
+                name, _, n = w.partition("=")
+                if name.startswith("Xdp") and n.isdigit():
+                    xr[name] = int(n)
+            print("difftest: XDP (%s): redirected %d, INPUT accepted %d, passed to TC %d" % (
+                args.xdp, xr.get("XdpForwarded", 0), xr.get("XdpInputDone", 0),
+                xr.get("XdpPass", 0)))
         # After a fallback the kernel's tables are given back (no rules, ACCEPT policies):
         # anything else left in them means the kernel filtered beside the datapath.
         leaked = subprocess.run(["ip", "netns", "exec", s.ns["fw"], "iptables-legacy-save"],
@@ -681,6 +724,8 @@ def main():
                     "counts too (README, Known differences)")
     ap.add_argument("--send-errors", action="store_true",
                     help="count sendto() errors of OUTPUT packets as part of the fate")
+    ap.add_argument("--xdp", choices=["generic", "native"],
+                    help="the shim side runs with the XDP option (bpfipt xdp MODE)")
     ap.add_argument("--gap", type=float, default=0.0003, help="seconds between packets")
     ap.add_argument("--settle", type=float, default=0.15, help="seconds to wait after a batch")
     ap.add_argument("--show", type=int, default=10, help="rulesets with disagreements to print")

@@ -359,7 +359,7 @@ static __always_inline void apply_policy(struct state *st)
 		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
 		return;
 	}
-	count_slot(c->tail_slot, st->p.bytes);
+	st_count(st, c->tail_slot);
 	/* A record never written (zero) is the kernel's initial table: ACCEPT. */
 	if (c->policy == BPFIPT_T_DROP)
 		finish(st, TC_ACT_SHOT, BPFIPT_R_POLICY_DROP);
@@ -438,7 +438,7 @@ static long classify_step(__u32 idx, void *ctx)
 			return 1;
 		}
 		if (c->policy == BPFIPT_T_RETURN) {
-			count_slot(c->tail_slot, st->p.bytes);
+			st_count(st, c->tail_slot);
 			do_return(st);
 		} else {
 			apply_policy(st);
@@ -468,7 +468,7 @@ static long classify_step(__u32 idx, void *ctx)
 		finish(st, TC_ACT_SHOT, BPFIPT_R_HOTDROP);
 		return 1;
 	}
-	count_slot(slot, st->p.bytes);
+	st_count(st, slot);
 	switch (r->target) {
 	case BPFIPT_T_NONE:
 		return 0;
@@ -522,6 +522,7 @@ static __always_inline void classify(struct state *st, __u32 half, __u32 entry)
 	st->phase = PHASE_SETUP;
 	st->done = 0;
 	st->reject = 0;
+	st->ncounted = 0;
 	st->verdict = TC_ACT_SHOT;
 	st->reason = BPFIPT_R_LOOP_LIMIT;
 	bpf_loop(MAX_STEPS, classify_step, NULL, 0);

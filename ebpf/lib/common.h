@@ -12,6 +12,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "bpfipt.h"
+#include "bpfipt_xdp.h"
 
 /* Map sizes are placeholders: the loader sets them (EbpfLoader::set_max_entries). */
 struct {
@@ -180,7 +181,10 @@ struct state {
 	__u32 reason;
 	__u32 reject;	/* enum bpfipt_reject + 1 when REJECT */
 	__u32 done;
-	__u32 pad;
+	__u32 defer;	/* XDP: slots to count go to counted[] until the verdict is sure */
+	__u32 ncounted;
+	__u32 pad2;
+	__u32 counted[BPFIPT_XDP_MAX_COUNTS];
 	struct frame stack[BPFIPT_MAX_STACK];
 	struct head heads[BPFIPT_MAX_HEADS];
 };

@@ -17,6 +17,21 @@ static __always_inline void count_slot(__u32 slot, __u32 bytes)
 	}
 }
 
+/* Counts a slot for the packet being classified, or, when XDP classifies it (st->defer),
+ * notes the slot: XDP counts only if it acts on the verdict itself (xdp.h). */
+static __always_inline void st_count(struct state *st, __u32 slot)
+{
+	__u32 n = st->ncounted;
+
+	if (!st->defer) {
+		count_slot(slot, st->p.bytes);
+		return;
+	}
+	if (n < BPFIPT_XDP_MAX_COUNTS)
+		st->counted[n] = slot;
+	st->ncounted = n + 1;
+}
+
 static __always_inline void count_reason(__u32 reason)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &reason);

@@ -9,6 +9,7 @@
 #include "reject.h"
 #include "frag.h"
 #include "conntrack.h"
+#include "xdp_meta.h"
 
 static __always_inline struct state *get_state(void)
 {
@@ -56,6 +57,7 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 	}
 	if (c->needs & BPFIPT_CHAIN_NEEDS_TCPOPTS)
 		load_tcp_options(skb, &st->p);
+	st->defer = 0;
 	classify(st, half, entry);
 	count_reason(st->reason);
 	if (st->reject) {
@@ -108,6 +110,10 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 
 	if (!cfg || !st)
 		return TC_ACT_OK;
+	if (xdp_classified(skb)) {
+		count_reason(BPFIPT_R_XDP_INPUT_DONE);
+		return TC_ACT_OK;
+	}
 	if (cfg->fallback) {
 		count_reason(BPFIPT_R_PASS_FALLBACK);
 		return TC_ACT_OK;

@@ -9,7 +9,7 @@
 //! installed. The slot and offset of every entry are stored with the table, so a daemon that
 //! dies loses no count: the next one folds what the old maps counted into the bases.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -22,6 +22,7 @@ use crate::layout::{self, Pod};
 use crate::log;
 use crate::netlink::{self, LocalKind};
 use crate::sys;
+use crate::xdp::{self, Mode};
 
 pub const INGRESS_ROLE: &str = "bpfipt_ingress";
 pub const EGRESS_ROLE: &str = "bpfipt_egress";
@@ -129,6 +130,10 @@ pub struct Datapath {
     last_read: Option<Vec<Counters>>,
     ingress: OwnedFd,
     egress: OwnedFd,
+    xdp: OwnedFd,
+    /// Per interface, where the XDP program is as last synced (the XDP option).
+    pub xdp_attached: BTreeMap<String, xdp::Attached>,
+    xdp_known: Vec<u32>,
     image: Image,
     asg: SlotAssignment,
     /// Slot and offset of each entry of the IPv4 filter table.
@@ -209,12 +214,16 @@ impl Datapath {
         crate::conntrack::start(&dp, p.ct).map_err(ApplyError::Io)?;
         let ingress = dp.prog_fd(Prog::Ingress)?;
         let egress = dp.prog_fd(Prog::Egress)?;
+        let xdp = dp.xdp_prog_fd()?;
         let mut d = Datapath {
             dp: std::sync::Arc::new(dp),
             replay: None,
             last_read: None,
             ingress,
             egress,
+            xdp,
+            xdp_attached: BTreeMap::new(),
+            xdp_known: Vec::new(),
             image: p.image,
             asg: p.asg,
             slots: p
@@ -471,7 +480,106 @@ impl Datapath {
                 e.name, e.ifindex, e.hook, e.error
             ));
         }
+        self.sync_xdp();
         Ok(())
+    }
+
+    /// The XDP option on every interface but lo, after the TC programs are in place (they
+    /// classify whatever XDP leaves to them, so no order of these steps leaves a gap).
+    fn sync_xdp(&mut self) {
+        let mode = xdp::mode();
+        let lo = sys::loopback_ifindex();
+        let links = match xdp::links() {
+            Ok(l) => l,
+            Err(e) => {
+                log::error(&format!("XDP: listing interfaces: {e}"));
+                return;
+            }
+        };
+        // Native redirects need the target's NDO_XMIT (a veth's peer must have XDP or GRO).
+        let features = if mode == Mode::Native {
+            xdp::xdp_features().unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        let mut now = BTreeMap::new();
+        for l in &links {
+            if l.ifindex == lo {
+                continue;
+            }
+            let mut base = 0;
+            if xdp::fast_path_allowed(&l.name) {
+                base |= layout::XDP_DEV_FAST;
+            }
+            if features
+                .get(&l.ifindex)
+                .is_some_and(|f| f & xdp::XDP_ACT_NDO_XMIT != 0)
+            {
+                base |= layout::XDP_DEV_NDO_XMIT;
+            }
+            // What a native program must check: the target's NDO_XMIT, and on a veth the
+            // checksum (a native redirect loses the skb's CHECKSUM_PARTIAL, a local sender's
+            // unfinished transport checksum: the receiver would drop it, UdpInCsumErrors
+            // measured). Generic XDP keeps the skb and needs neither.
+            let native = layout::XDP_DEV_NATIVE
+                | if l.veth {
+                    layout::XDP_DEV_VERIFY_CSUM
+                } else {
+                    0
+                };
+            // Until the attachment is settled, the checks of either mode: a native program
+            // being replaced must never run with a generic device's flags.
+            let pre = if mode == Mode::Native || l.drv_prog.is_some() {
+                base | native
+            } else {
+                base
+            };
+            let dev = match (mode, l.mac) {
+                (Mode::Off, _) | (_, None) => None,
+                (_, Some(mac)) => Some((mac, pre)),
+            };
+            if let Err(e) = self.dp.set_xdp_dev(l.ifindex, dev) {
+                if dev.is_some() {
+                    log::error(&format!("XDP: {}: {e}", l.name));
+                }
+            }
+            let r = if mode == Mode::Off {
+                xdp::remove(l).map(|_| None).map_err(xdp::XdpError::Sys)
+            } else {
+                xdp::ensure(l, self.xdp.as_fd(), mode).map(Some)
+            };
+            match r {
+                Ok(Some(a)) => {
+                    let fin = if a == xdp::Attached::Native {
+                        base | native
+                    } else {
+                        base
+                    };
+                    if let (Some(mac), true) = (l.mac, fin != pre) {
+                        // A native program just detached may still be running on another
+                        // CPU: wait for it before relaxing the checks.
+                        if self.dp.sync().is_ok() {
+                            let _ = self.dp.set_xdp_dev(l.ifindex, Some((mac, fin)));
+                        }
+                    }
+                    now.insert(l.name.clone(), a);
+                }
+                Ok(None) => {}
+                Err(xdp::XdpError::Sys(e)) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                Err(e) => {
+                    if self.xdp_attached.contains_key(&l.name) || mode != Mode::Off {
+                        log::error(&format!("XDP on {} ({}): {e}", l.name, l.ifindex));
+                    }
+                }
+            }
+        }
+        for gone in self.xdp_known.iter() {
+            if !links.iter().any(|l| l.ifindex == *gone) {
+                let _ = self.dp.set_xdp_dev(*gone, None);
+            }
+        }
+        self.xdp_known = links.iter().map(|l| l.ifindex).collect();
+        self.xdp_attached = now;
     }
 
     /// Per interface, whether our programs are attached at ingress and egress, as the kernel
@@ -505,6 +613,10 @@ impl Datapath {
         for l in netlink::links()? {
             n += attach::remove(l.ifindex, sys::BPF_TCX_INGRESS, INGRESS_ROLE)?;
             n += attach::remove(l.ifindex, sys::BPF_TCX_EGRESS, EGRESS_ROLE)?;
+        }
+        // XDP last: until the TC programs are gone it only ever did what they would.
+        for l in xdp::links()? {
+            n += xdp::remove(&l)?;
         }
         Ok(n)
     }

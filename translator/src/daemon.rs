@@ -63,6 +63,19 @@ impl Daemon {
         let store = Store::open_or_create()
             .map_err(|e| io::Error::new(e.kind(), format!("opening the table store: {e}")))?;
         let (mut ns, problems) = store.load()?;
+        // The XDP option before the datapath starts, so its first resync applies it.
+        let mut store = store;
+        let mut mode = crate::xdp::Mode::from_u8(store.xdp_setting());
+        if let Some(m) = std::env::var("BPFIPT_XDP")
+            .ok()
+            .and_then(|v| crate::xdp::Mode::parse(&v))
+        {
+            mode = m;
+            if let Err(e) = store.set_xdp_setting(m.to_u8()) {
+                log::error(&format!("storing the XDP setting: {e}"));
+            }
+        }
+        crate::xdp::set_mode(mode);
         for p in problems {
             log::error(&p);
         }
@@ -75,7 +88,6 @@ impl Daemon {
         for (f, t, e) in enf.recover(&mut ns, slots) {
             log::error(&format!("enforcing the stored {f} {t} table: {e}"));
         }
-        let mut store = store;
         if let (Some(dp), Some(t)) = (enf.dp.as_ref(), ns.v4.tables.get("filter")) {
             // Persist the folded counters with the new datapath's slots.
             let slots = apply::encode_slots(&dp.slots);
@@ -433,11 +445,68 @@ impl Daemon {
                 Reply::ok(b"stopping\n".to_vec())
             }
             "status" => Reply::ok(self.status().into_bytes()),
+            "xdp" => Reply::ok(self.xdp_status().into_bytes()),
+            c if c.starts_with("xdp ") => self.set_xdp(c["xdp ".len()..].trim()),
             other => Reply {
                 errno: libc::EINVAL,
                 data: format!("unknown control command {other:?}\n").into_bytes(),
             },
         }
+    }
+
+    /// `bpfipt xdp MODE`: stored first (a daemon started later applies it), then applied.
+    fn set_xdp(&self, arg: &str) -> Reply {
+        let Some(mode) = crate::xdp::Mode::parse(arg) else {
+            return Reply {
+                errno: libc::EINVAL,
+                data: format!("unknown XDP mode {arg:?} (off, generic, native)\n").into_bytes(),
+            };
+        };
+        let mut st = self.lock();
+        if let Err(e) = st.store.set_xdp_setting(mode.to_u8()) {
+            return Reply {
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+                data: format!("storing the XDP setting: {e}\n").into_bytes(),
+            };
+        }
+        crate::xdp::set_mode(mode);
+        log::info(&format!("XDP option: {}", mode.name()));
+        if let Some(dp) = st.enf.dp.as_mut() {
+            if let Err(e) = dp.resync() {
+                return Reply {
+                    errno: libc::EIO,
+                    data: format!("applying the XDP setting: {e}\n").into_bytes(),
+                };
+            }
+        }
+        drop(st);
+        Reply::ok(self.xdp_status().into_bytes())
+    }
+
+    /// One line: the setting, and where the program is attached in which mode.
+    fn xdp_status(&self) -> String {
+        let st = self.lock();
+        let mode = crate::xdp::mode();
+        let mut s = format!("xdp: {}", mode.name());
+        match &st.enf.dp {
+            Some(dp) if mode != crate::xdp::Mode::Off => {
+                let on: Vec<String> = dp
+                    .xdp_attached
+                    .iter()
+                    .map(|(n, a)| match a {
+                        crate::xdp::Attached::Generic => format!("{n}(generic)"),
+                        crate::xdp::Attached::Native => format!("{n}(native)"),
+                    })
+                    .collect();
+                s += &format!(", attached to: {}", on.join(" "));
+            }
+            None if mode != crate::xdp::Mode::Off => {
+                s += " (applied when the datapath loads with the first rule)"
+            }
+            _ => {}
+        }
+        s.push('\n');
+        s
     }
 
     fn status(&self) -> String {
@@ -476,6 +545,19 @@ impl Daemon {
                     "datapath: loaded, generation {}{fallback}\n  tc ingress+egress: {}\n",
                     dp.generation(),
                     hooks.join(" ")
+                ));
+                let mut x: Vec<String> = dp
+                    .xdp_attached
+                    .iter()
+                    .map(|(n, a)| format!("{n}({a:?})").to_lowercase())
+                    .collect();
+                if x.is_empty() {
+                    x.push("none".into());
+                }
+                s.push_str(&format!(
+                    "  xdp ({}): {}\n",
+                    crate::xdp::mode().name(),
+                    x.join(" ")
                 ));
                 let r: Vec<String> = dp
                     .reasons()

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aya::maps::Map;
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::compile::{Change, Image};
@@ -258,6 +258,24 @@ impl Drop for CounterStripes {
     }
 }
 
+/// A program load, again when the verifier gave up with EAGAIN: it does when a signal is
+/// pending for the loading thread (a child's SIGCHLD), which a second of verification per
+/// program makes likely in a busy process.
+fn retry_eagain(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), Error> {
+    let mut tries = 0;
+    loop {
+        match load() {
+            Ok(()) => return Ok(()),
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            Err(e) => return Err(Error::Load(format!("{e:?}"))),
+        }
+    }
+}
+
 fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, Error> {
     let m = ebpf.map(name).ok_or(Error::Missing(name))?;
     let data = match m {
@@ -288,6 +306,7 @@ impl Dataplane {
             .map_max_entries("local4", limits.local_addrs)
             .map_max_entries("local4x", limits.local_addrs)
             .map_max_entries("ct", crate::conntrack::map_entries())
+            .map_max_entries("xdp_devs", limits.ifnames)
             .load(OBJECT)
             .map_err(|e| Error::Load(format!("{e:?}")))?;
         for p in [Prog::Ingress, Prog::Egress] {
@@ -296,8 +315,14 @@ impl Dataplane {
                 .ok_or(Error::Missing("program"))?
                 .try_into()
                 .map_err(|e| Error::Load(format!("{e:?}")))?;
-            prog.load().map_err(|e| Error::Load(format!("{e:?}")))?;
+            retry_eagain(|| prog.load())?;
         }
+        let xdp: &mut aya::programs::Xdp = ebpf
+            .program_mut(crate::xdp::XDP_ROLE)
+            .ok_or(Error::Missing("program"))?
+            .try_into()
+            .map_err(|e| Error::Load(format!("{e:?}")))?;
+        retry_eagain(|| xdp.load())?;
         let maps = Maps {
             config: map_fd(&ebpf, "config")?,
             chains: map_fd(&ebpf, "chains")?,
@@ -339,6 +364,37 @@ impl Dataplane {
     /// A map of the object by name (the conntrack maps, which no image writes).
     pub fn map(&self, name: &'static str) -> Result<OwnedFd, Error> {
         map_fd(&self.ebpf, name)
+    }
+
+    /// The XDP program's fd (the XDP option, `xdp::ensure`).
+    pub fn xdp_prog_fd(&self) -> Result<OwnedFd, Error> {
+        let prog: &aya::programs::Xdp = self
+            .ebpf
+            .program(crate::xdp::XDP_ROLE)
+            .ok_or(Error::Missing("program"))?
+            .try_into()
+            .map_err(|e| Error::Load(format!("{e:?}")))?;
+        prog.fd()
+            .map_err(|e| Error::Load(format!("{e:?}")))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(sys_err("dup"))
+    }
+
+    /// What the XDP fast path knows of an arriving device (`None`: gone, or nothing to know):
+    /// its MAC address and `BPFIPT_XDP_DEV_*` flags (struct bpfipt_xdp_dev).
+    pub fn set_xdp_dev(&self, ifindex: u32, dev: Option<([u8; 6], u16)>) -> Result<(), Error> {
+        let m = self.map("xdp_devs")?;
+        match dev {
+            Some((mac, flags)) => {
+                let v = layout::XdpDev { mac, flags };
+                sys::map_update(&m, &ifindex.to_ne_bytes(), v.as_bytes(), sys::BPF_ANY)
+                    .map_err(sys_err("update xdp_devs"))
+            }
+            None => sys::map_delete(&m, &ifindex.to_ne_bytes())
+                .map(|_| ())
+                .map_err(sys_err("delete xdp_devs")),
+        }
     }
 
     /// The program's fd, for attachment (`sys::tcx_attach`).

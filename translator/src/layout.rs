@@ -72,6 +72,23 @@ pub mod need {
     pub const FRAG: u8 = 0x10;
 }
 
+/// `BPFIPT_XDP_DEV_FAST` (include/bpfipt_xdp.h)
+pub const XDP_DEV_FAST: u16 = 0x0001;
+/// `BPFIPT_XDP_DEV_NATIVE`
+pub const XDP_DEV_NATIVE: u16 = 0x0002;
+/// `BPFIPT_XDP_DEV_NDO_XMIT`
+pub const XDP_DEV_NDO_XMIT: u16 = 0x0004;
+/// `BPFIPT_XDP_DEV_VERIFY_CSUM`
+pub const XDP_DEV_VERIFY_CSUM: u16 = 0x0008;
+
+/// `struct bpfipt_xdp_dev` (include/bpfipt_xdp.h)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct XdpDev {
+    pub mac: [u8; 6],
+    pub flags: u16,
+}
+
 pub const LOCAL_UNICAST: u32 = 1;
 pub const LOCAL_BROADCAST: u32 = 2;
 
@@ -335,6 +352,7 @@ unsafe impl Pod for LocalKey {}
 unsafe impl Pod for LocalVal {}
 unsafe impl Pod for RuleRec {}
 unsafe impl Pod for Counter {}
+unsafe impl Pod for XdpDev {}
 unsafe impl Pod for u32 {}
 unsafe impl Pod for u64 {}
 
@@ -478,5 +496,6 @@ pub(crate) mod alignchecker {
             ]
         );
         check!(b, "bpfipt_counter", Counter, [packets, bytes]);
+        check!(b, "bpfipt_xdp_dev", XdpDev, [mac, flags]);
     }
 }

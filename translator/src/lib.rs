@@ -25,3 +25,4 @@ pub mod netlink;
 pub mod oracle;
 pub mod store;
 pub mod sys;
+pub mod xdp;

@@ -66,6 +66,8 @@ struct Rec {
 struct Header {
     generation: u64,
     next_order: u32,
+    /// Namespace settings: the XDP option (`xdp::Mode`; 0, off, in stores older than it).
+    xdp: u8,
     recs: [Rec; SLOTS],
 }
 
@@ -74,6 +76,7 @@ impl Header {
         Header {
             generation: 0,
             next_order: 1,
+            xdp: 0,
             recs: [Rec::default(); SLOTS],
         }
     }
@@ -83,6 +86,7 @@ impl Header {
         b[..8].copy_from_slice(MAGIC);
         b[8..16].copy_from_slice(&self.generation.to_ne_bytes());
         b[16..20].copy_from_slice(&self.next_order.to_ne_bytes());
+        b[20] = self.xdp;
         for (i, r) in self.recs.iter().enumerate() {
             let o = REC_BASE + i * REC_SIZE;
             b[o] = r.present as u8;
@@ -112,6 +116,7 @@ impl Header {
         Some(Header {
             generation: u64::from_ne_bytes(b[8..16].try_into().unwrap()),
             next_order: u32::from_ne_bytes(b[16..20].try_into().unwrap()),
+            xdp: b[20],
             recs,
         })
     }
@@ -545,6 +550,21 @@ impl Store {
         let mut h = self.header.clone();
         let cb = abi::emit_counters(&t.counters);
         h.recs[s].counters = self.write_record(&cb, &fixed_cuts(cb.len()))?;
+        self.publish(h)
+    }
+
+    /// The namespace's XDP setting (`xdp::Mode` as a number).
+    pub fn xdp_setting(&self) -> u8 {
+        self.header.xdp
+    }
+
+    /// Stores the namespace's XDP setting.
+    pub fn set_xdp_setting(&mut self, v: u8) -> io::Result<()> {
+        if self.header.xdp == v {
+            return Ok(());
+        }
+        let mut h = self.header.clone();
+        h.xdp = v;
         self.publish(h)
     }
 

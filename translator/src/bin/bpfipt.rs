@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: bpfipt status | bpfipt daemon stop | bpfipt kernel-dump {-4|-6} TABLE \
-| bpfipt conntrack -L|-C|-D|-F|--settings|--set ...";
+| bpfipt conntrack -L|-C|-D|-F|--settings|--set ... | bpfipt xdp [off|generic|native]";
 
 /// Writes the kernel's own table (GET_INFO then the entries) of the current namespace as hex,
 /// for capturing golden data and debugging: `ipt_getinfo` on the first line, entries after.
@@ -48,9 +48,15 @@ fn main() -> ExitCode {
     if let ["conntrack", rest @ ..] = args.as_slice() {
         return ExitCode::from(translator::conntrack::cli(rest) as u8);
     }
+    let xdp;
     let cmd = match args.as_slice() {
         ["status"] => "status",
         ["daemon", "stop"] => "stop",
+        ["xdp"] => "xdp",
+        ["xdp", mode] => {
+            xdp = format!("xdp {mode}");
+            xdp.as_str()
+        }
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
