@@ -50,11 +50,20 @@ const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 
 fn dump(msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+    request(msg, NLM_F_DUMP)
+}
+
+/// Sends one rtnetlink request with `flags` and collects the messages of its answer (a dump's
+/// parts, or nothing for an acknowledged change).
+pub(crate) fn request(
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> io::Result<Vec<RouteNetlinkMessage>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    hdr.flags = NLM_F_REQUEST | flags;
     hdr.sequence_number = 1;
     let mut packet = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
     packet.finalize();
@@ -73,10 +82,11 @@ fn dump(msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
             match m.payload {
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) => {
-                    return Err(e
-                        .code
-                        .map(|c| io::Error::from_raw_os_error(-c.get()))
-                        .unwrap_or_else(|| io::Error::other("netlink error")))
+                    return match e.code {
+                        // The acknowledgement of a request that is not a dump.
+                        None => Ok(out),
+                        Some(c) => Err(io::Error::from_raw_os_error(-c.get())),
+                    };
                 }
                 NetlinkPayload::InnerMessage(inner) => out.push(inner),
                 _ => {}

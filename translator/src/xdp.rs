@@ -16,14 +16,12 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::{Socket, SocketAddr};
 
-use crate::sys;
+use crate::{netlink, sys};
 
 /// The name of the XDP program (ebpf/bpfipt.c): how an older bpfipt program is recognised.
 pub const XDP_ROLE: &str = "bpfipt_xdp";
@@ -117,51 +115,10 @@ pub struct LinkXdpState {
     pub drv_prog: Option<u32>,
 }
 
-fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | flags;
-    hdr.sequence_number = 1;
-    let mut packet = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
-    packet.finalize();
-    let mut buf = vec![0u8; packet.buffer_len()];
-    packet.serialize(&mut buf[..]);
-    socket.send(&buf, 0)?;
-    let mut out = Vec::new();
-    let mut rx = vec![0u8; 1 << 16];
-    loop {
-        let n = socket.recv(&mut &mut rx[..], 0)?;
-        let mut off = 0;
-        while off < n {
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = m.header.length as usize;
-            match m.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => {
-                    return match e.code {
-                        // The acknowledgement of a request that is not a dump.
-                        None => Ok(out),
-                        Some(c) => Err(io::Error::from_raw_os_error(-c.get())),
-                    };
-                }
-                NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            off += len;
-        }
-    }
-}
-
 /// Every interface with its MAC address and XDP programs.
 pub fn links() -> io::Result<Vec<LinkXdpState>> {
     let mut v = Vec::new();
-    for m in request(
+    for m in netlink::request(
         RouteNetlinkMessage::GetLink(LinkMessage::default()),
         NLM_F_DUMP,
     )? {
@@ -210,7 +167,7 @@ fn set_xdp(ifindex: u32, fd: i32, flags: u32, expected: Option<i32>) -> io::Resu
     let mut m = LinkMessage::default();
     m.header.index = ifindex;
     m.attributes.push(LinkAttribute::Xdp(x));
-    request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK).map(|_| ())
+    netlink::request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK).map(|_| ())
 }
 
 fn is_ours(id: u32) -> bool {
