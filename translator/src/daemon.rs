@@ -215,14 +215,13 @@ impl Daemon {
             return Ok(());
         }
         write_frame(&mut s, &Reply::ok(Vec::new()).encode())?;
-        while let Some(body) = read_frame(&mut s)? {
-            let req = Request::decode(&body)?;
+        while let Some(req) = Request::read(&mut s)? {
             let reply = if !privileged && req.op != Op::TableNames && req.op != Op::Control {
                 Reply::err(libc::EPERM)
             } else {
                 self.handle_and_watch(&req)
             };
-            write_frame(&mut s, &reply.encode())?;
+            reply.write(&mut s)?;
             if self.stop.load(Ordering::SeqCst) {
                 self.request_stop();
                 break;
