@@ -344,14 +344,15 @@ impl Netns {
     }
 
     /// IPT_SO_SET_ADD_COUNTERS in the order of `do_add_counters` (`optlen` and `buf` as in
-    /// [`Netns::setsockopt_replace`]): validates and returns the table with the counters
-    /// added, without changing `self`.
+    /// [`Netns::setsockopt_replace`]): validates and returns the table's name and counters
+    /// with the addition, without changing `self` (nor copying the table's entries: the
+    /// caller swaps the counters in with [`Netns::swap_counters`]).
     pub fn setsockopt_add_counters(
         &mut self,
         f: Family,
         optlen: usize,
         buf: &[u8],
-    ) -> Result<Table, Errno> {
+    ) -> Result<(String, Vec<Counters>), Errno> {
         if optlen <= abi::COUNTERS_INFO_HDR {
             return Err(libc::EINVAL);
         }
@@ -367,11 +368,20 @@ impl Netns {
         if t.number != info.num_counters {
             return Err(libc::EINVAL);
         }
-        let mut t = t.clone();
-        for (c, a) in t.counters.iter_mut().zip(add) {
+        let mut counters = t.counters.clone();
+        for (c, a) in counters.iter_mut().zip(add) {
             c.add(a);
         }
-        Ok(t)
+        Ok((t.name.clone(), counters))
+    }
+
+    /// Puts `counters` in place of the counters of table `name` (of as many entries) and
+    /// returns the ones it had; `counters` back if there is no such table.
+    pub fn swap_counters(&mut self, f: Family, name: &str, c: Vec<Counters>) -> Vec<Counters> {
+        match self.family_mut(f).tables.get_mut(name) {
+            Some(t) if t.counters.len() == c.len() => std::mem::replace(&mut t.counters, c),
+            _ => c,
+        }
     }
 }
 
