@@ -9,13 +9,13 @@
 //! installed. The slot and offset of every entry are stored with the table, so a daemon that
 //! dies loses no count: the next one folds what the old maps counted into the bases.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::abi::{Counters, Family};
 use crate::attach::{self, Attacher, Programs};
-use crate::compile::{self, Change, CompileError, Image, SlotAssignment};
+use crate::compile::{self, Change, CompileError, Image, SlotAssignment, SlotSet};
 use crate::dataplane::{self, Dataplane, Limits, Prog};
 use crate::ir::Ruleset;
 use crate::layout::{self, Pod};
@@ -286,8 +286,8 @@ impl Datapath {
         // A slot new to this table that is not a new rule record (whose counters `write`
         // zeroed) is a chain's tail reusing a freed slot: what it counted before is its
         // offset. Read before the flip, while no packet can reach it.
-        let kept: HashSet<u32> = self.slots.iter().flatten().map(|s| s.slot).collect();
-        let zeroed: HashSet<u32> = changes
+        let kept: SlotSet = self.slots.iter().flatten().map(|s| s.slot).collect();
+        let zeroed: SlotSet = changes
             .iter()
             .filter_map(|c| match c {
                 Change::Rule(slot, Some(_)) => Some(*slot),
@@ -296,7 +296,7 @@ impl Datapath {
             .collect();
         let mut stale: HashMap<u32, Counters> = HashMap::default();
         for slot in p.slots.iter().flatten() {
-            if !kept.contains(slot) && !zeroed.contains(slot) && !stale.contains_key(slot) {
+            if !kept.contains(*slot) && !zeroed.contains(*slot) && !stale.contains_key(slot) {
                 let c = self.dp.counter(*slot).unwrap_or_default();
                 stale.insert(
                     *slot,
@@ -350,7 +350,7 @@ impl Datapath {
             .iter()
             .map(|s| {
                 s.map(|slot| {
-                    let offset = if kept.contains(&slot) {
+                    let offset = if kept.contains(slot) {
                         now(slot)
                     } else {
                         stale.get(&slot).copied().unwrap_or_default()
@@ -359,8 +359,12 @@ impl Datapath {
                 })
             })
             .collect();
-        self.image = p.image;
-        self.asg = p.asg;
+        // The previous image and assignment hold the only references to the records of
+        // removed rules: freed on another thread, like the rule representation.
+        crate::enforce::drop_later((
+            std::mem::replace(&mut self.image, p.image),
+            std::mem::replace(&mut self.asg, p.asg),
+        ));
         Ok(())
     }
 

@@ -215,14 +215,13 @@ impl Daemon {
             return Ok(());
         }
         write_frame(&mut s, &Reply::ok(Vec::new()).encode())?;
-        while let Some(body) = read_frame(&mut s)? {
-            let req = Request::decode(&body)?;
+        while let Some(req) = Request::read(&mut s)? {
             let reply = if !privileged && req.op != Op::TableNames && req.op != Op::Control {
                 Reply::err(libc::EPERM)
             } else {
                 self.handle_and_watch(&req)
             };
-            write_frame(&mut s, &reply.encode())?;
+            reply.write(&mut s)?;
             if self.stop.load(Ordering::SeqCst) {
                 self.request_stop();
                 break;
@@ -276,12 +275,12 @@ impl Daemon {
                 // Counters as counted now, for the duration of the answer.
                 let name = table_name(&req.data);
                 let live = st.enf.live_counters(&st.ns, f, &name);
-                let saved = live.map(|c| swap_counters(&mut st.ns, f, &name, c));
+                let saved = live.map(|c| st.ns.swap_counters(f, &name, c));
                 let r = st
                     .ns
                     .getsockopt_entries(f, req.optlen as usize, &req.data, &ext::usersize);
                 if let Some(c) = saved {
-                    swap_counters(&mut st.ns, f, &name, c);
+                    st.ns.swap_counters(f, &name, c);
                 }
                 match r {
                     Ok((blob, _)) => Reply::ok(blob),
@@ -294,25 +293,29 @@ impl Daemon {
                     .ns
                     .setsockopt_add_counters(f, req.optlen as usize, &req.data)
                 {
-                    Ok(t) => match st
-                        .enf
-                        .add_counters(
-                            f,
-                            &t,
-                            &abi::parse_counters(&req.data[abi::COUNTERS_INFO_HDR..]),
-                        )
-                        .map_err(io::Error::other)
-                        .and_then(|()| st.store.commit_counters(&t))
-                    {
-                        Ok(()) => {
-                            st.ns.install(t);
-                            Reply::ok(Vec::new())
+                    Ok((name, counters)) => {
+                        // In place (the entries are not copied); the old counters come back
+                        // if the kernel or the store refuses.
+                        let old = st.ns.swap_counters(f, &name, counters);
+                        let t = &st.ns.family(f).tables[&name];
+                        match st
+                            .enf
+                            .add_counters(
+                                f,
+                                t,
+                                &abi::parse_counters(&req.data[abi::COUNTERS_INFO_HDR..]),
+                            )
+                            .map_err(io::Error::other)
+                            .and_then(|()| st.store.commit_counters(t))
+                        {
+                            Ok(()) => Reply::ok(Vec::new()),
+                            Err(e) => {
+                                log::error(&format!("storing counters of {f} table {name}: {e}"));
+                                st.ns.swap_counters(f, &name, old);
+                                Reply::err(libc::ENOMEM)
+                            }
                         }
-                        Err(e) => {
-                            log::error(&format!("storing counters of {f} table {}: {e}", t.name));
-                            Reply::err(libc::ENOMEM)
-                        }
-                    },
+                    }
                     Err(e) => Reply::err(e),
                 }
             }
@@ -325,13 +328,13 @@ impl Daemon {
         // The old counters the caller gets back are the live ones.
         let name = table_name(&req.data);
         let live = st.enf.live_counters(&st.ns, f, &name);
-        let saved = live.map(|c| swap_counters(&mut st.ns, f, &name, c));
+        let saved = live.map(|c| st.ns.swap_counters(f, &name, c));
         let r = self.validate(st, f, req);
         let r = match r {
             Ok(r) => r,
             Err(e) => {
                 if let Some(c) = saved {
-                    swap_counters(&mut st.ns, f, &name, c);
+                    st.ns.swap_counters(f, &name, c);
                 }
                 return Reply::err(e);
             }
@@ -347,7 +350,7 @@ impl Daemon {
         if let Decision::Kernel(why) = &decision {
             if req.flags & bpfipt_proto::FLAG_STRICT != 0 {
                 if let Some(c) = saved {
-                    swap_counters(&mut st.ns, f, &name, c);
+                    st.ns.swap_counters(f, &name, c);
                 }
                 let msg = format!("bpfipt: {f} {} table not committed: {why} (BPFIPT_STRICT=1 forbids the kernel fallback)\n", r.table.name);
                 return Reply {
@@ -375,7 +378,7 @@ impl Daemon {
                             r.table.name
                         ));
                         if let Some(c) = saved {
-                            swap_counters(&mut st.ns, f, &name, c);
+                            st.ns.swap_counters(f, &name, c);
                         }
                         return Reply::err(libc::ENOMEM);
                     }
@@ -644,20 +647,6 @@ fn table_name(data: &[u8]) -> String {
         }
     }
     String::from_utf8_lossy(abi::c_str(&b)).into_owned()
-}
-
-/// Puts `c` in place of a table's counters and returns the previous ones (if the table
-/// exists and the lengths agree; else gives `c` back).
-fn swap_counters(
-    ns: &mut Netns,
-    f: Family,
-    name: &str,
-    c: Vec<abi::Counters>,
-) -> Vec<abi::Counters> {
-    match ns.family_mut(f).tables.get_mut(name) {
-        Some(t) if t.counters.len() == c.len() => std::mem::replace(&mut t.counters, c),
-        _ => c,
-    }
 }
 
 /// Whether the peer may change tables: root, or CAP_NET_ADMIN in its effective set.

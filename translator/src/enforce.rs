@@ -371,7 +371,7 @@ impl Enforcer {
 }
 
 /// Frees `v` on a helper thread (started on first use), or here if it cannot be handed over.
-fn drop_later<T: Send + 'static>(v: T) {
+pub(crate) fn drop_later<T: Send + 'static>(v: T) {
     use std::sync::mpsc::{channel, Sender};
     use std::sync::{Mutex, OnceLock};
     type Garbage = Box<dyn Send>;

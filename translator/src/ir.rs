@@ -135,7 +135,8 @@ pub enum RuleTarget {
 }
 
 /// A rule's byte identity: a 128-bit hash of its entry without what moves when other rules
-/// change (counters, `comefrom`, a jump's offset). Equal keys: equal `ip`, matches and target.
+/// change (counters, `comefrom`, a jump's offset). Equal keys: equal `ip`, matches and
+/// target, but for the chain a jump goes to (`Jump(c)` and a rule without `-j` included).
 pub type RuleKey = u128;
 
 /// One rule.
@@ -229,6 +230,8 @@ impl RuleCache {
 
     /// The key of `e`: its bytes without `comefrom` and counters, and without the verdict of
     /// a standard target that jumps (an offset: it moves when rules are inserted before).
+    /// A last byte tells a jump from a verdict: a jump's offset left out as 0xffffffff made
+    /// a rule without `-j` the same key as that rule with `-j DROP` (verdict -1).
     fn key(&mut self, e: &Entry<'_>, jumps: bool) -> RuleKey {
         let (cf, esz) = (e.family.offsets().2, e.family.entry_size());
         let b = &mut self.buf;
@@ -237,8 +240,9 @@ impl RuleCache {
         b.extend_from_slice(&e.bytes[esz..]);
         if jumps {
             let v = cf + e.target_offset() - esz + abi::XT_HDR;
-            b[v..v + 4].fill(0xff);
+            b[v..v + 4].fill(0);
         }
+        b.push(jumps as u8);
         xxhash_rust::xxh3::xxh3_128(b)
     }
 

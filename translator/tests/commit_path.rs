@@ -9,7 +9,7 @@ use translator::compile::{self, SlotAssignment};
 use translator::ext::build;
 use translator::ext::Registry;
 use translator::gen::{self, Tuple};
-use translator::ir::{RuleCache, RuleTarget, Ruleset};
+use translator::ir::{self, RuleCache, RuleTarget, Ruleset};
 use translator::kernel::{Netns, Table};
 
 fn rule(t: &Tuple) -> build::Rule {
@@ -124,6 +124,134 @@ fn unchanged_rules_share_their_matches_across_commits() {
             asg.rule_slot("FORWARD", i),
             asg2.rule_slot("FORWARD", i + 1)
         );
+    }
+}
+
+/// `-A OUTPUT` plus what a rule does: `-j DROP`, no `-j`, `-g uc`, ...
+fn any(action: build::Action) -> build::Rule {
+    let goto = matches!(&action, build::Action::Jump(c) if c.starts_with("goto:"));
+    let action = match action {
+        build::Action::Jump(c) => build::Action::Jump(c.trim_start_matches("goto:").into()),
+        a => a,
+    };
+    build::Rule {
+        ip: build::Ip {
+            flags: if goto { ir::flag::V4_GOTO } else { 0 },
+            ..Default::default()
+        },
+        matches: Vec::new(),
+        action,
+    }
+}
+
+/// The filter table with `output` in OUTPUT and a user chain `uc` (one DROP rule).
+fn output_buf(output: Vec<build::Rule>, num_counters: u32) -> Vec<u8> {
+    let mut t = build::Table::new(Family::V4, "filter");
+    for r in output {
+        t = t.rule(Hook::LocalOut, r);
+    }
+    t = t.user_rule("uc", any(build::Action::Verdict(abi::VERDICT_DROP)));
+    let (mut hdr, blob) = t.build();
+    hdr.num_counters = num_counters;
+    let mut buf = hdr.emit();
+    buf.extend_from_slice(&blob);
+    buf
+}
+
+/// The actions of rules that differ only in their standard target.
+fn actions() -> Vec<(&'static str, build::Action)> {
+    use build::Action::*;
+    vec![
+        ("-j DROP", Verdict(abi::VERDICT_DROP)),
+        ("no -j", Next),
+        ("-j ACCEPT", Verdict(abi::VERDICT_ACCEPT)),
+        ("-j RETURN", Verdict(abi::VERDICT_RETURN)),
+        ("-j uc", Jump("uc".into())),
+        ("-g uc", Jump("goto:uc".into())),
+    ]
+}
+
+/// A rule key leaves a jump's offset out, but not the verdict of ACCEPT, DROP or RETURN:
+/// with the offset's bytes set to 0xff, a rule without `-j` had the key of the same rule
+/// with `-j DROP` (whose verdict, -NF_DROP - 1, is all ones).
+#[test]
+fn rule_keys_tell_verdicts_from_jumps() {
+    let mut ns = Netns::default();
+    let mut keys = Vec::new();
+    for (what, a) in actions() {
+        let n = number(&mut ns);
+        let t = replace(&mut ns, &output_buf(vec![any(a)], n));
+        let rs = Ruleset::from_table(t).unwrap();
+        let out = rs.chain_by_name("OUTPUT").unwrap();
+        keys.push((what, rs.chains[out].rules[0].key.unwrap()));
+    }
+    for (i, (w1, k1)) in keys.iter().enumerate() {
+        for (w2, k2) in &keys[i + 1..] {
+            // A jump and a rule without -j are both jumps; compile adds the target chain.
+            let both_jumps = [w1, w2].iter().all(|w| ["no -j", "-j uc"].contains(w));
+            assert_eq!(k1 == k2, both_jumps, "keys of `{w1}` and `{w2}`");
+        }
+    }
+}
+
+/// Each chain's rule records as compiled, a jump's chain id replaced by the chain's name.
+fn records(rs: &Ruleset, img: &compile::Image, asg: &SlotAssignment) -> Vec<(String, Vec<String>)> {
+    let name = |id: u32| {
+        rs.chains
+            .iter()
+            .find(|c| asg.chain_id(&c.name) == Some(id))
+            .map_or(String::new(), |c| c.name.clone())
+    };
+    rs.chains
+        .iter()
+        .map(|c| {
+            let ci = &img.chains[&asg.chain_id(&c.name).unwrap()];
+            let recs = ci
+                .rules()
+                .map(|(_, r)| {
+                    use std::hash::{Hash, Hasher};
+                    let mut r = *r;
+                    // Ids 0-2 are the built-in chains, which nothing jumps to.
+                    let to = std::mem::take(&mut r.chain);
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    r.hash(&mut h);
+                    let to = if to < 3 { "-".into() } else { name(to) };
+                    format!("target {} to {to} (record {:016x})", r.target, h.finish())
+                })
+                .collect();
+            (c.name.clone(), recs)
+        })
+        .collect()
+}
+
+/// A commit compiled on the previous one (rules kept by identity) gives the records a
+/// compile from scratch gives, through every change of a rule's standard target: the
+/// identity must see `-j DROP` become no `-j` (difftest seed 1, ruleset 53 after 52).
+#[test]
+fn incremental_compile_follows_target_changes() {
+    let acts = actions();
+    let mut ns = Netns::default();
+    let mut cache = RuleCache::default();
+    let mut asg = SlotAssignment::default();
+    // Every ordered pair of actions, on a rule alone and on one before a kept rule.
+    for (i, (w1, a1)) in acts.iter().enumerate() {
+        for (w2, a2) in acts.iter().skip(i + 1).chain(acts.iter().take(i)) {
+            for (what, a) in [(w1, a1), (w2, a2)] {
+                let kept = any(build::Action::Verdict(abi::VERDICT_ACCEPT));
+                let n = number(&mut ns);
+                let t = replace(&mut ns, &output_buf(vec![any(a.clone()), kept], n));
+                let rs = Ruleset::from_table_cached(t, &mut cache).unwrap();
+                let (img, a) = compile::compile(&rs, &asg).unwrap();
+                asg = a;
+                let fresh = Ruleset::from_table(t).unwrap();
+                let (img0, asg0) = compile::compile(&fresh, &SlotAssignment::default()).unwrap();
+                assert_eq!(
+                    records(&rs, &img, &asg),
+                    records(&fresh, &img0, &asg0),
+                    "`{what}` after `{w1}`/`{w2}`"
+                );
+            }
+        }
     }
 }
 

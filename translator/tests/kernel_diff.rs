@@ -299,8 +299,8 @@ impl Emu {
 
     fn add_counters(&mut self, f: Family, buf: &[u8], optlen: usize) -> Outcome {
         match self.ns.setsockopt_add_counters(f, optlen, buf) {
-            Ok(t) => {
-                self.ns.install(t);
+            Ok((name, counters)) => {
+                self.ns.swap_counters(f, &name, counters);
                 Outcome::Ok(Vec::new())
             }
             Err(e) => Outcome::Err(e),

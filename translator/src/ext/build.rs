@@ -45,6 +45,8 @@ pub enum Action {
     Jump(String),
     /// A target header and payload ([`xt_obj`]).
     Target(Vec<u8>),
+    /// No `-j`: libiptc writes a jump to the next entry (the rule only counts).
+    Next,
 }
 
 #[derive(Clone, Debug)]
@@ -137,13 +139,20 @@ impl Table {
         let valid = valid_hooks(&self.name);
         let no_rules = Vec::new();
         // Pass 1: every entry with a placeholder for jumps, to learn the offsets.
-        let render = |rule: &Rule, chain_at: &dyn Fn(&str) -> i32| {
+        // `at`: the entry's offset in the blob.
+        let render = |rule: &Rule, chain_at: &dyn Fn(&str) -> i32, at: usize| {
             let target = match &rule.action {
                 Action::Verdict(v) => standard(*v),
                 Action::Jump(c) => standard(chain_at(c)),
                 Action::Target(t) => t.clone(),
+                Action::Next => standard(0),
             };
-            entry(f, &rule.ip, &rule.matches, &target)
+            let mut e = entry(f, &rule.ip, &rule.matches, &target);
+            if let Action::Next = rule.action {
+                let (v, next) = (e.len() - target.len() + XT_HDR, (at + e.len()) as i32);
+                e[v..v + 4].copy_from_slice(&next.to_ne_bytes());
+            }
+            e
         };
         let layout = |chain_at: &dyn Fn(&str) -> i32| {
             let mut blob = Vec::new();
@@ -159,7 +168,7 @@ impl Table {
                     .find(|(bh, _)| *bh == h)
                     .map_or(&no_rules, |(_, r)| r);
                 for r in rules {
-                    blob.extend(render(r, chain_at));
+                    blob.extend(render(r, chain_at, blob.len()));
                     n += 1;
                 }
                 underflow[h as usize] = blob.len() as u32;
@@ -170,7 +179,7 @@ impl Table {
                 blob.extend(build::error_entry(f, name.as_bytes()));
                 user_at.push((name.clone(), blob.len() as i32));
                 for r in rules {
-                    blob.extend(render(r, chain_at));
+                    blob.extend(render(r, chain_at, blob.len()));
                 }
                 blob.extend(build::standard_entry(f, abi::VERDICT_RETURN));
                 n += rules.len() as u32 + 2;
