@@ -8,6 +8,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 cargo build --release --workspace >&2
+# The build is where cargo puts it (CARGO_TARGET_DIR when set).
+rel=${CARGO_TARGET_DIR:-target}/release
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 arch=$(dpkg --print-architecture)
 triplet=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
@@ -16,8 +18,8 @@ out=target/debian
 pkg=$out/bpfipt_${version}_$arch
 rm -rf "$pkg"
 install -d "$pkg/DEBIAN" "$pkg$libdir" "$pkg/usr/sbin" "$pkg/lib/systemd/system" "$pkg/usr/share/doc/bpfipt"
-install -m 0644 target/release/libbpfipt.so "$pkg$libdir/"
-install -m 0755 target/release/bpfiptd target/release/bpfipt "$pkg/usr/sbin/"
+install -m 0644 "$rel/libbpfipt.so" "$pkg$libdir/"
+install -m 0755 "$rel/bpfiptd" "$rel/bpfipt" "$pkg/usr/sbin/"
 install -m 0644 packaging/bpfiptd.service "$pkg/lib/systemd/system/"
 install -m 0644 README.md "$pkg/usr/share/doc/bpfipt/"
 for fam in iptables ip6tables; do
