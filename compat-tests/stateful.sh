@@ -196,6 +196,12 @@ wprobe c seg 10.2.0.2 22 --sport 41530 --len 10 --seq 300000     # liberal: pass
 wprobe c seg 10.2.0.2 22 --sport 41531 --ack 300000
 kern "$KF" sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=0
 kern "$BF" "$BPFIPT" conntrack --set tcp_be_liberal 0
+# nf_conntrack_tcp_ignore_invalid_rst: a RST before the highest ACK is not INVALID.
+kern "$KF" sysctl -qw net.netfilter.nf_conntrack_tcp_ignore_invalid_rst=1
+kern "$BF" "$BPFIPT" conntrack --set tcp_ignore_invalid_rst 1
+wprobe c seg 10.2.0.2 22 --sport 41532 --flags R --seq -100000
+kern "$KF" sysctl -qw net.netfilter.nf_conntrack_tcp_ignore_invalid_rst=0
+kern "$BF" "$BPFIPT" conntrack --set tcp_ignore_invalid_rst 0
 
 # nf_conntrack_checksum: a received TCP, UDP or ICMP packet with a bad checksum is INVALID
 # (raw sockets: the checksum is the probe's, CHECKSUM_NONE on the way); a local socket's
