@@ -163,10 +163,13 @@ load "FORWARD: TCP windows, INVALID dropped and counted" <<'EOF'
 :FORWARD DROP [0:0]
 :OUTPUT ACCEPT [0:0]
 -A FORWARD -m conntrack --ctstate INVALID -j DROP
+-A FORWARD -m conntrack --ctstate ESTABLISHED --ctexpire 0:400 -j ACCEPT
 -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 -A FORWARD -i f0 -p tcp --dport 22 -m conntrack --ctstate NEW -j ACCEPT
 COMMIT
 EOF
+# The --ctexpire rule counts the packets after which the connection has a short timeout: the
+# unacknowledged-data, retransmission and zero-window ones (300 s) instead of ESTABLISHED's.
 wprobe c seg 10.2.0.2 22 --sport 41500 --len 10                  # in window: data
 wprobe c seg 10.2.0.2 22 --sport 41501 --len 10 --seq 20000      # in the scaled window
 wprobe c seg 10.2.0.2 22 --sport 41502 --len 10 --seq 300000     # beyond it: INVALID
@@ -178,6 +181,8 @@ wprobe c seg 10.2.0.2 22 --sport 41507 --flags R --seq -100000   # RST before ma
 wprobe c seg 10.2.0.2 22 --sport 41508 --flags R                 # exact RST: CLOSE
 wprobe c seg 10.2.0.2 22 --sport 41509 --flags FA                # FIN in window
 wprobe c seg 10.2.0.2 22 --sport 41510 --flags FA --seq 300000   # FIN out of window
+wprobe c seg 10.2.0.2 22 --sport 41511 --win 0                   # zero window
+wprobe c seg 10.2.0.2 22 --sport 41512 --repeat 4                # the same ACK 4 times
 wprobe c seg 10.2.0.2 22 --sport 41520 --teardown fin            # late ACK in window: TIME_WAIT
 wprobe s segback                                                 # the server's late ACK
 wprobe s segback --seq 300000                                    # ... out of window

@@ -16,11 +16,12 @@
   ctprobe.py icmpraw HOST [--bad-csum]
         one ICMP echo request whose checksum is ours: reply | timeout
   ctprobe.py seg HOST PORT --sport N [--teardown none|fin|rst] [--seq D] [--ack D]
-                 [--flags A] [--len L] [--win W]
+                 [--flags A] [--len L] [--win W] [--repeat N]
         a real connection (connect, "ping" echoed), whose sequence numbers are learnt from
         the SYN/ACK a raw socket sees; then its teardown (none: kept open, aborted after;
         fin: close; rst: abort), then one raw segment with FLAGS, L bytes of data, window W, sequence
-        number the client's next one + D and acknowledgment the server's next one + D.
+        number the client's next one + D and acknowledgment the server's next one + D,
+        sent N times.
         Reports the first segment from HOST:PORT after it (as raw). With $CTPROBE_STATE
         set, the connection's numbers are saved there for segback.
   ctprobe.py segback [--seq D] [--ack D] [--flags A] [--len L]
@@ -213,7 +214,7 @@ def icmpraw(host, bad):
     return "timeout"
 
 
-def seg(host, port, sport, teardown, dseq, dack, flags, length, win):
+def seg(host, port, sport, teardown, dseq, dack, flags, length, win, repeat=1):
     """See the usage: a forged segment with numbers relative to a live (or just closed)
     connection, so that being in or out of the window does not depend on random ISNs."""
     me = source_for(host, port)
@@ -254,7 +255,8 @@ def seg(host, port, sport, teardown, dseq, dack, flags, length, win):
     drain(r)
     pkt = tcp_segment(me, host, sport, port, cn + dseq, sn + dack, flags_of(flags), win,
                       b"x" * length)
-    r.sendto(pkt, (host, 0))
+    for _ in range(repeat):
+        r.sendto(pkt, (host, 0))
     word = answer(r, host, port, sport, time.time() + WAIT)
     # What the segment set off (an echo, a challenge ACK) settles before the close, and the
     # close before the next probe, so that a firewall's counters do not depend on timing.
@@ -318,7 +320,8 @@ def main():
         length = int(arg(a, "--len", "0"))
         win = int(arg(a, "--win", "502"))
         if cmd == "seg":
-            print(seg(a[0], int(a[1]), sport, teardown, dseq, dack, flags, length, win))
+            repeat = int(arg(a, "--repeat", "1"))
+            print(seg(a[0], int(a[1]), sport, teardown, dseq, dack, flags, length, win, repeat))
         else:
             print(segback(dseq, dack, flags, length, win))
     else:
