@@ -10,7 +10,8 @@ export BPFIPT_DAEMON="$REL/bpfiptd"
 E2E_NS=()
 E2E_FAILS=0
 E2E_PASSES=0
-E2E_PREFIX="bpfipt-t$$"
+# A caller may give its own prefix (helpers sharing a machine keep theirs apart).
+E2E_PREFIX="${E2E_PREFIX:-bpfipt-t$$}"
 
 e2e_cleanup() {
     local ns

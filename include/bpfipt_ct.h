@@ -74,8 +74,12 @@ struct bpfipt_ct_config {
 	__u32 enabled;	/* some rule of the active ruleset uses conntrack state */
 	__u32 max;	/* nf_conntrack_max */
 	__u32 loose;	/* nf_conntrack_tcp_loose */
-	__u32 pad;
+	__u32 be_liberal;	/* nf_conntrack_tcp_be_liberal */
 	__u32 timeout[BPFIPT_CTT_N];
+	__u32 max_retrans;	/* nf_conntrack_tcp_max_retrans */
+	__u32 ignore_invalid_rst;	/* nf_conntrack_tcp_ignore_invalid_rst */
+	__u32 checksum;	/* nf_conntrack_checksum */
+	__u32 pad;
 };
 
 /* ct_count: ARRAY, one entry: connections in the table (nf_conntrack_count), kept by the
@@ -94,6 +98,17 @@ struct bpfipt_ct_key {
 	__u8 pad[2];
 };
 
+/* TCP window tracking of one direction (struct ip_ct_tcp_state). */
+struct bpfipt_ct_tcp_dir {
+	__u32 td_end;	/* max of seq + len */
+	__u32 td_maxend;	/* max of ack + max(win, 1) */
+	__u32 td_maxwin;	/* max(win) */
+	__u32 td_maxack;	/* max of ack */
+	__u8 td_scale;	/* window scale factor */
+	__u8 flags;	/* BPFIPT_CT_TCPF_* */
+	__u8 pad[2];
+};
+
 struct bpfipt_ct_entry {
 	__u64 expires;	/* bpf_ktime_get_ns() when the entry dies */
 	__u64 stream_ts;	/* UDP: after this, replies make the flow a stream */
@@ -102,18 +117,31 @@ struct bpfipt_ct_entry {
 	__u16 orig_sport;	/* host order; ICMP: the id */
 	__u16 orig_dport;	/* host order; ICMP: type << 8 | code */
 	__u32 status;	/* BPFIPT_IPS_* */
-	__u32 last_end;	/* TCP: seq + length of the last ignored segment */
+	__u32 last_end;	/* TCP: seq + length of the last ignored or ACK segment */
 	__u8 proto;
 	__u8 tcp_state;	/* enum bpfipt_tcp_state */
 	__u8 last_index;	/* TCP: flag class (tcp_bit_set) of the last in-window segment */
 	__u8 last_dir;
-	__u8 tcp_flags;	/* BPFIPT_CT_TCP_* */
-	__u8 pad[3];
+	__u8 retrans;	/* TCP: repeats of the last ACK segment */
+	__u8 last_wscale;	/* TCP: window scale of the last ignored SYN */
+	__u8 last_flags;	/* TCP: BPFIPT_CT_TCPF_* of the last ignored SYN, SIMULTANEOUS_OPEN */
+	__u8 pad;
+	__u32 last_seq;
+	__u32 last_ack;
+	__u16 last_win;	/* TCP: raw window of the last ACK or ignored segment */
+	__u8 pad2[2];
+	struct bpfipt_ct_tcp_dir seen[2];	/* TCP: by direction, original first */
 };
 
-#define BPFIPT_CT_TCP_CLOSE_INIT_ORIG 0x01
-#define BPFIPT_CT_TCP_CLOSE_INIT_REPLY 0x02
-#define BPFIPT_CT_TCP_SIMULTANEOUS_OPEN 0x04
+/* IP_CT_TCP_FLAG_* and the last_flags bits of nf_conntrack_tcp.h. */
+#define BPFIPT_CT_TCPF_WINDOW_SCALE 0x01
+#define BPFIPT_CT_TCPF_SACK_PERM 0x02
+#define BPFIPT_CT_TCPF_CLOSE_INIT 0x04
+#define BPFIPT_CT_TCPF_BE_LIBERAL 0x08
+#define BPFIPT_CT_TCPF_DATA_UNACKNOWLEDGED 0x10
+#define BPFIPT_CT_TCPF_MAXACK_SET 0x20
+#define BPFIPT_CT_TCPF_EXP_CHALLENGE_ACK 0x40
+#define BPFIPT_CT_TCPF_SIMULTANEOUS_OPEN 0x80
 
 /* ct_stats: PERCPU_ARRAY of counters. */
 enum bpfipt_ct_stat {

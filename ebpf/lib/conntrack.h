@@ -8,9 +8,10 @@
  *   3. a packet of no known flow prepares a new entry: the packet is NEW, and the entry is
  *      inserted only when the hook accepts the packet (the kernel confirms at the last hook);
  *   4. a packet a tracker refuses (bad TCP flags, a reply-only ICMP type, ...) is INVALID.
- * Not modelled: TCP window tracking (tcp_in_window: out-of-window segments are INVALID in
- * the kernel), checksum validation (nf_conntrack_checksum), reassembly (nf_defrag_ipv4:
- * later fragments are INVALID here), the SCTP/DCCP/GRE trackers (generic here), early drop.
+ * TCP follows tcp_in_window's windows (seen[] of each direction); a received packet with a
+ * bad TCP, UDP or ICMP checksum is INVALID (nf_conntrack_checksum). Not modelled: reassembly
+ * (nf_defrag_ipv4: later fragments are INVALID here), the SCTP/DCCP/GRE trackers (generic
+ * here).
  */
 #ifndef BPFIPT_CONNTRACK_H
 #define BPFIPT_CONNTRACK_H
@@ -65,6 +66,20 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ct_pkt);
 } ct_scratch SEC(".maps");
+
+/* The bytes of a segment being checksummed, a chunk at a time. */
+#define CT_CSUM_CHUNK 256
+
+struct ct_csum_buf {
+	__u8 b[CT_CSUM_CHUNK];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ct_csum_buf);
+} ct_csum_scratch SEC(".maps");
 
 #define NS_PER_SEC 1000000000ull
 /* CONFIG_HZ of the reference kernel: remaining lifetimes are whole jiffies / HZ there. */
@@ -301,86 +316,490 @@ struct tcp_seg {
 	__u32 seq;
 	__u32 ack;
 	__u32 end;	/* seq + payload + SYN + FIN (segment_seq_plus_len) */
+	__u32 sack;	/* the highest right edge of the first SACK option's blocks, else ack */
+	__u16 win;	/* raw window field */
 	__u8 flags;
 	__u8 ok;	/* a whole header (tcp_error's length checks) */
+	__u8 has_ws;	/* a window scale option */
+	__u8 ws;	/* its shift, at most 14 */
+	__u8 sack_perm;	/* a SACK-permitted option */
+	__u8 has_opts;	/* any option bytes (tcp_options resets the scale only then) */
 };
 
-static __always_inline void tcp_read(struct __sk_buff *skb, const struct pkt *p,
-				     struct tcp_seg *t)
-{
-	__u8 h[20];
-	__u32 doff;
+#define TCP_MAX_WSCALE 14
 
-	t->ok = 0;
-	if (p->l4len < 20 || bpf_skb_load_bytes(skb, ETH_HLEN + (p->ihl & 0x3c), h, 20) < 0)
-		return;
-	doff = (h[12] >> 4) * 4;
-	if (doff < 20 || p->l4len < doff)
-		return;
-	t->seq = ((__u32)h[4] << 24) | ((__u32)h[5] << 16) | ((__u32)h[6] << 8) | h[7];
-	t->ack = ((__u32)h[8] << 24) | ((__u32)h[9] << 16) | ((__u32)h[10] << 8) | h[11];
-	t->flags = h[13];
-	t->end = t->seq + (p->l4len - doff) + !!(t->flags & TH_SYN) + !!(t->flags & TH_FIN);
-	t->ok = 1;
+/* The walk over a segment's options (bpf_loop's context). */
+struct tcp_optwalk {
+	__u8 b[64];
+	__u32 i;	/* offset of the next option */
+	__u32 len;	/* option bytes */
+	__u32 sack;	/* as tcp_seg.sack */
+	__u8 sack_done;
+	__u8 has_ws;
+	__u8 ws;
+	__u8 sack_perm;
+};
+
+/* One option of tcp_options and tcp_sack of nf_conntrack_proto_tcp.c, walked together:
+ * the same stops at an end, a "silly" or a partial option; only the first SACK option
+ * counts. A bpf_loop callback, verified once (a loop inlined into ct_begin multiplied the
+ * verifier's states past its limit). Returns 1 to stop. */
+static long tcp_opt_step(__u32 n, void *ctx)
+{
+	struct tcp_optwalk *w = ctx;
+	__u32 i = w->i, len = w->len, op, sz;
+
+	if (i >= len || i >= 40 || len > 40)
+		return 1;
+	op = w->b[i & 63];
+	if (op == 0)
+		return 1;
+	if (op == 1) {
+		w->i = i + 1;
+		return 0;
+	}
+	if (len - i < 2)
+		return 1;
+	sz = w->b[(i + 1) & 63];
+	if (sz < 2 || sz > len - i)
+		return 1;
+	if (op == 4 && sz == 2) {
+		w->sack_perm = 1;
+	} else if (op == 3 && sz == 3) {
+		__u8 v = w->b[(i + 2) & 63];
+
+		w->ws = v > TCP_MAX_WSCALE ? TCP_MAX_WSCALE : v;
+		w->has_ws = 1;
+	} else if (op == 5 && !w->sack_done && sz >= 10 && (sz - 2) % 8 == 0) {
+		w->sack_done = 1;
+		for (__u32 k = 0; k < 4; k++) {
+			__u32 at = i + 2 + 8 * k + 4, edge;
+
+			if (8 * k + 2 >= sz)
+				break;
+			edge = ((__u32)w->b[at & 63] << 24) | ((__u32)w->b[(at + 1) & 63] << 16) |
+			       ((__u32)w->b[(at + 2) & 63] << 8) | w->b[(at + 3) & 63];
+			if ((__s32)(edge - w->sack) > 0)
+				w->sack = edge;
+		}
+	}
+	w->i = i + sz;
+	return 0;
 }
 
-/* nf_conntrack_tcp_packet without tcp_in_window. Returns 0 when the packet is INVALID,
- * 1 when it belongs to the connection, 2 when the connection must be reopened (the old
- * entry is deleted and the packet starts a new one), 3 when the entry must be deleted
- * after this packet (a RST as the only reply). `e` is updated in place. */
-static __always_inline int tcp_packet(struct bpfipt_ct_entry *e, __u32 dir,
-				      const struct tcp_seg *t, const struct bpfipt_ct_config *c,
-				      __u64 now)
+/* The TCP header at `off` of a segment of `l4len` bytes. A global function: its own
+ * stack frame (the options walk) is not added to ct_begin's. */
+__noinline int ct_tcp_read(struct __sk_buff *skb, __u32 off, __u32 l4len, struct tcp_seg *t)
 {
-	__u32 index = tcp_index(t->flags), old = e->tcp_state, nw;
-	__u64 timeout;
+	__u8 h[20];
+	struct tcp_optwalk w;
+	__u32 doff, olen;
 
+	if (!skb || !t)
+		return 0;
+	t->ok = 0;
+	off &= 0xffff;
+	if (l4len < 20 || bpf_skb_load_bytes(skb, off, h, 20) < 0)
+		return 0;
+	doff = (h[12] >> 4) * 4;
+	if (doff < 20 || l4len < doff)
+		return 0;
+	t->seq = ((__u32)h[4] << 24) | ((__u32)h[5] << 16) | ((__u32)h[6] << 8) | h[7];
+	t->ack = ((__u32)h[8] << 24) | ((__u32)h[9] << 16) | ((__u32)h[10] << 8) | h[11];
+	t->sack = t->ack;
+	t->flags = h[13];
+	t->win = ((__u16)h[14] << 8) | h[15];
+	t->end = t->seq + (l4len - doff) + !!(t->flags & TH_SYN) + !!(t->flags & TH_FIN);
+	t->has_ws = t->ws = t->sack_perm = t->has_opts = 0;
+	if (doff > 20) {
+		olen = doff - 20;
+		/* Kept as computed: clang would fold both bounds into one unsigned compare,
+		 * which leaves the verifier without the lower one. */
+		asm volatile("" : "+r"(olen));
+		__builtin_memset(&w, 0, sizeof(w));
+		if (olen >= 1 && olen <= 40 && bpf_skb_load_bytes(skb, off + 20, w.b, olen) == 0) {
+			w.len = olen;
+			w.sack = t->sack;
+			bpf_loop(40, tcp_opt_step, &w, 0);
+			t->has_opts = 1;
+			t->sack = w.sack;
+			t->has_ws = w.has_ws;
+			t->ws = w.ws;
+			t->sack_perm = w.sack_perm;
+		}
+	}
+	t->ok = 1;
+	return 0;
+}
+
+/* Signed sequence comparisons (before/after of net/tcp.h). */
+static __always_inline int seq_before(__u32 a, __u32 b)
+{
+	return (__s32)(a - b) < 0;
+}
+
+#define seq_after(a, b) seq_before(b, a)
+
+/* tcp_options applied to a direction's state. */
+static __always_inline void tcp_opts_to(struct bpfipt_ct_tcp_dir *d, const struct tcp_seg *t)
+{
+	if (!t->has_opts)
+		return;
+	d->td_scale = 0;
+	d->flags &= BPFIPT_CT_TCPF_BE_LIBERAL;
+	if (t->sack_perm)
+		d->flags |= BPFIPT_CT_TCPF_SACK_PERM;
+	if (t->has_ws) {
+		d->td_scale = t->ws;
+		d->flags |= BPFIPT_CT_TCPF_WINDOW_SCALE;
+	}
+}
+
+/* tcp_init_sender: a SYN/ACK answering a SYN, or a SYN of the reply direction. */
+static __always_inline void tcp_init_sender(struct bpfipt_ct_tcp_dir *snd,
+					    struct bpfipt_ct_tcp_dir *rcv,
+					    const struct tcp_seg *t, __u32 dir)
+{
+	snd->td_end = snd->td_maxend = t->end;
+	snd->td_maxwin = t->win ? t->win : 1;
+	tcp_opts_to(snd, t);
+	/* RFC 1323: scaling only when both sides offered it. */
+	if (dir == 1 && !((snd->flags & BPFIPT_CT_TCPF_WINDOW_SCALE) &&
+			  (rcv->flags & BPFIPT_CT_TCPF_WINDOW_SCALE))) {
+		snd->td_scale = 0;
+		rcv->td_scale = 0;
+	}
+}
+
+enum { CT_TCP_ACCEPT = 0, CT_TCP_IGNORE = 1, CT_TCP_INVALID = 2 };
+
+/* nf_tcp_store_invalid: a liberal sender (picked-up connection) or tcp_be_liberal accepts
+ * what is out of window. */
+static __always_inline int tcp_out_of_window(const struct bpfipt_ct_tcp_dir *snd,
+					     const struct bpfipt_ct_config *c, int ret)
+{
+	if ((snd->flags & BPFIPT_CT_TCPF_BE_LIBERAL) || c->be_liberal)
+		return CT_TCP_ACCEPT;
+	return ret;
+}
+
+/* MAXACKWINDOW */
+static __always_inline __u32 tcp_maxackwin(const struct bpfipt_ct_tcp_dir *snd)
+{
+	return snd->td_maxwin > 66000 ? snd->td_maxwin : 66000;
+}
+
+/* tcp_in_window of nf_conntrack_proto_tcp.c (no NAT sequence offsets). */
+static __always_inline int tcp_in_window(struct bpfipt_ct_entry *e, struct bpfipt_ct_tcp_dir *snd,
+					 struct bpfipt_ct_tcp_dir *rcv, __u32 dir, __u32 index,
+					 const struct tcp_seg *t, const struct bpfipt_ct_config *c)
+{
+	__u32 seq = t->seq, ack = t->ack, sack = t->ack, end = t->end, win = t->win, swin;
+	int in_recv_win;
+
+	if (rcv->flags & BPFIPT_CT_TCPF_SACK_PERM)
+		sack = t->sack;
+	if (snd->td_maxwin == 0) {
+		if (t->flags & TH_SYN) {
+			tcp_init_sender(snd, rcv, t, dir);
+			if (!(t->flags & TH_ACK))
+				/* Simultaneous open */
+				return CT_TCP_ACCEPT;
+		} else {
+			/* Mid-stream: its history is lost, use what the packet says. */
+			snd->td_end = end;
+			swin = win << (snd->td_scale & 15);
+			snd->td_maxwin = swin ? swin : 1;
+			snd->td_maxend = end + snd->td_maxwin;
+			if (rcv->td_maxwin == 0)
+				rcv->td_end = rcv->td_maxend = sack;
+			else if (sack == rcv->td_end + 1)
+				/* likely a reply to a keepalive */
+				rcv->td_end++;
+		}
+	} else if ((t->flags & TH_SYN) && seq_after(end, snd->td_end) &&
+		   (e->tcp_state == BPFIPT_TCP_SYN_SENT || e->tcp_state == BPFIPT_TCP_SYN_RECV)) {
+		/* RFC 793: a reinitialized TCP uses higher sequence numbers. */
+		tcp_init_sender(snd, rcv, t, dir);
+		if (dir == 1 && !(t->flags & TH_ACK))
+			return CT_TCP_ACCEPT;
+	}
+	if (!(t->flags & TH_ACK))
+		ack = sack = rcv->td_end;
+	else if ((t->flags & (TH_ACK | TH_RST)) == (TH_ACK | TH_RST) && ack == 0)
+		/* broken stacks: RST with ACK and a zero ack */
+		ack = sack = rcv->td_end;
+	if ((t->flags & TH_RST) && seq == 0 && e->tcp_state == BPFIPT_TCP_SYN_SENT)
+		/* a RST answering a SYN */
+		seq = end = snd->td_end;
+
+	if (!seq_before(seq, snd->td_maxend + 1)) {
+		__u32 overshot = end - snd->td_maxend + 1;
+		int ack_ok = seq_after(sack, rcv->td_end - tcp_maxackwin(snd) - 1);
+
+		in_recv_win = rcv->td_maxwin && seq_after(end, snd->td_end - rcv->td_maxwin - 1);
+		if (in_recv_win && ack_ok && overshot <= rcv->td_maxwin &&
+		    seq_before(sack, rcv->td_end + 1)) {
+			/* More than the window allows: ignored, but an ACK of it must pass. */
+			snd->td_end = end;
+			snd->flags |= BPFIPT_CT_TCPF_DATA_UNACKNOWLEDGED;
+			return tcp_out_of_window(snd, c, CT_TCP_IGNORE);
+		}
+		return tcp_out_of_window(snd, c, CT_TCP_INVALID);	/* SEQ over */
+	}
+	if (!seq_before(sack, rcv->td_end + 1))
+		return tcp_out_of_window(snd, c, CT_TCP_INVALID);	/* ACK over */
+	in_recv_win = !rcv->td_maxwin || seq_after(end, snd->td_end - rcv->td_maxwin - 1);
+	if (!in_recv_win)
+		return tcp_out_of_window(snd, c, CT_TCP_IGNORE);	/* SEQ under */
+	if (!seq_after(sack, rcv->td_end - tcp_maxackwin(snd) - 1))
+		return tcp_out_of_window(snd, c, CT_TCP_IGNORE);	/* ACK under */
+
+	if (!(t->flags & TH_SYN))
+		win <<= (snd->td_scale & 15);
+	swin = win + (sack - ack);
+	if (snd->td_maxwin < swin)
+		snd->td_maxwin = swin;
+	if (seq_after(end, snd->td_end)) {
+		snd->td_end = end;
+		snd->flags |= BPFIPT_CT_TCPF_DATA_UNACKNOWLEDGED;
+	}
+	if (t->flags & TH_ACK) {
+		if (!(snd->flags & BPFIPT_CT_TCPF_MAXACK_SET)) {
+			snd->td_maxack = ack;
+			snd->flags |= BPFIPT_CT_TCPF_MAXACK_SET;
+		} else if (seq_after(ack, snd->td_maxack)) {
+			snd->td_maxack = ack;
+		}
+	}
+	if (rcv->td_maxwin != 0 && seq_after(end, snd->td_maxend))
+		rcv->td_maxwin += end - snd->td_maxend;
+	if (seq_after(sack + win, rcv->td_maxend - 1)) {
+		rcv->td_maxend = sack + win;
+		if (win == 0)
+			rcv->td_maxend++;
+	}
+	if (ack == rcv->td_end)
+		rcv->flags &= ~BPFIPT_CT_TCPF_DATA_UNACKNOWLEDGED;
+	if (index == TCP_ACK_SET) {
+		/* retransmissions */
+		if (e->last_dir == dir && e->last_seq == seq && e->last_ack == ack &&
+		    e->last_end == end && e->last_win == t->win) {
+			if (e->retrans < 255)
+				e->retrans++;
+		} else {
+			e->last_dir = dir;
+			e->last_seq = seq;
+			e->last_ack = ack;
+			e->last_end = end;
+			e->last_win = t->win;
+			e->retrans = 0;
+		}
+	}
+	return CT_TCP_ACCEPT;
+}
+
+/* nf_ct_tcp_state_reset */
+static __always_inline void tcp_dir_reset(struct bpfipt_ct_tcp_dir *d)
+{
+	d->td_end = d->td_maxend = d->td_maxwin = d->td_maxack = 0;
+	d->td_scale = 0;
+	d->flags &= BPFIPT_CT_TCPF_BE_LIBERAL;
+}
+
+/* nf_conntrack_tcp_established */
+static __always_inline int tcp_established(const struct bpfipt_ct_entry *e)
+{
+	return e->tcp_state == BPFIPT_TCP_ESTABLISHED && (e->status & BPFIPT_IPS_ASSURED);
+}
+
+/* tcp_can_early_drop: a closing connection. */
+static __always_inline int tcp_closing(__u32 st)
+{
+	return st == BPFIPT_TCP_FIN_WAIT || st == BPFIPT_TCP_LAST_ACK ||
+	       st == BPFIPT_TCP_TIME_WAIT || st == BPFIPT_TCP_CLOSE ||
+	       st == BPFIPT_TCP_CLOSE_WAIT;
+}
+
+/* nf_tcp_handle_invalid: an out-of-window FIN or RST answering one of the other side
+ * shortens an assured connection's life to the unacknowledged timeout. */
+static __always_inline void tcp_handle_invalid(struct bpfipt_ct_entry *e, __u32 dir,
+					       __u32 index, const struct bpfipt_ct_config *c,
+					       __u64 now)
+{
+	__u64 left, to;
+
+	if (!(e->status & BPFIPT_IPS_ASSURED))
+		return;
+	if (index != TCP_RST_SET && index != TCP_FIN_SET)
+		return;
+	if (e->last_dir != dir &&
+	    (e->last_index == TCP_FIN_SET || e->last_index == TCP_RST_SET)) {
+		left = e->expires > now ? e->expires - now : 0;
+		if (left < 120 * NS_PER_SEC)
+			return;
+		to = ct_timeout(c, BPFIPT_TCP_UNACK);
+		if (left > to)
+			e->expires = now + to;
+	} else {
+		e->last_index = index;
+		e->last_dir = dir;
+	}
+}
+
+/* nf_conntrack_tcp_packet. Returns 0 when the packet is INVALID, 1 when it belongs to
+ * the connection, 2 when the connection must be reopened (the old entry is deleted and
+ * the packet starts a new one), 3 when the entry must be deleted after this packet (a
+ * RST as the only reply). `e` is updated in place. */
+/* A global function, verified once: window tracking inlined into ct_begin passed the
+ * verifier's limit of a million instructions. */
+__noinline int tcp_packet(struct bpfipt_ct_entry *e, __u32 dir, const struct tcp_seg *t,
+			  const struct bpfipt_ct_config *c, __u64 now)
+{
+	__u32 index, old, nw, res;
+	struct bpfipt_ct_tcp_dir *snd, *rcv;
+	__u64 timeout, tnw;
+
+	if (!e || !t || !c)
+		return 0;
+	index = tcp_index(t->flags);
+	old = e->tcp_state;
 	if (old > 9 || dir > 1 || index > 5)
 		return 0;
-	nw = tcp_states[dir][index][old];
+	snd = dir ? &e->seen[1] : &e->seen[0];
+	rcv = dir ? &e->seen[0] : &e->seen[1];
+	{
+		/* One bounded index: the three checks above are not all kept by clang. */
+		__u32 ix = (dir * 6 + index) * 10 + old;
+
+		asm volatile("" : "+r"(ix));
+		if (ix >= 120)
+			return 0;
+		nw = ((const __u8 *)tcp_states)[ix];
+	}
 	switch (nw) {
 	case BPFIPT_TCP_SYN_SENT:
 		if (old < BPFIPT_TCP_TIME_WAIT)
 			break;
-		if ((e->tcp_flags & (BPFIPT_CT_TCP_CLOSE_INIT_ORIG | BPFIPT_CT_TCP_CLOSE_INIT_REPLY)) ||
+		if (((snd->flags | rcv->flags) & BPFIPT_CT_TCPF_CLOSE_INIT) ||
 		    (e->last_dir == dir && e->last_index == TCP_RST_SET))
 			return 2;
 		/* fallthrough */
 	case BPFIPT_TCP_IGNORE:
 		if (index == TCP_SYNACK_SET && e->last_index == TCP_SYN_SET && e->last_dir != dir &&
 		    t->ack == e->last_end) {
-			/* A SYN/ACK for a SYN we ignored: back in sync. */
+			/* A SYN/ACK for a SYN we ignored: back in sync from what it noted. */
+			struct bpfipt_ct_tcp_dir *l = e->last_dir ? &e->seen[1] : &e->seen[0];
+
 			old = BPFIPT_TCP_SYN_SENT;
 			nw = BPFIPT_TCP_SYN_RECV;
+			l->td_end = l->td_maxend = e->last_end;
+			l->td_maxwin = e->last_win ? e->last_win : 1;
+			l->td_scale = e->last_wscale;
+			e->last_flags &= ~BPFIPT_CT_TCPF_EXP_CHALLENGE_ACK;
+			l->flags = e->last_flags;
+			tcp_dir_reset(snd);
 			break;
 		}
 		e->last_index = index;
 		e->last_dir = dir;
+		e->last_seq = t->seq;
 		e->last_end = t->end;
+		e->last_win = t->win;
+		if (index == TCP_SYN_SET && dir == 0) {
+			/* Note the SYN's options for the SYN/ACK that may follow. */
+			e->last_flags = 0;
+			e->last_wscale = 0;
+			if (t->has_ws) {
+				e->last_flags |= BPFIPT_CT_TCPF_WINDOW_SCALE;
+				e->last_wscale = t->ws;
+			}
+			if (t->sack_perm)
+				e->last_flags |= BPFIPT_CT_TCPF_SACK_PERM;
+			if (old == BPFIPT_TCP_LAST_ACK)
+				e->last_flags |= BPFIPT_CT_TCPF_EXP_CHALLENGE_ACK;
+		}
+		if (old == BPFIPT_TCP_SYN_SENT && index == TCP_ACK_SET && dir == 1)
+			e->last_ack = t->ack;	/* a possible challenge ACK */
 		return 1;
 	case BPFIPT_TCP_MAX:
 		return 0;
+	case BPFIPT_TCP_TIME_WAIT:
+		/* RFC 5961 challenge ACK to a SYN we let through in LAST_ACK: not the last ACK. */
+		if (old == BPFIPT_TCP_LAST_ACK && index == TCP_ACK_SET && e->last_dir != dir &&
+		    e->last_index == TCP_SYN_SET &&
+		    (e->last_flags & BPFIPT_CT_TCPF_EXP_CHALLENGE_ACK)) {
+			e->last_flags &= ~BPFIPT_CT_TCPF_EXP_CHALLENGE_ACK;
+			return 1;
+		}
+		break;
 	case BPFIPT_TCP_SYN_SENT2:
-		e->tcp_flags |= BPFIPT_CT_TCP_SIMULTANEOUS_OPEN;
+		e->last_flags |= BPFIPT_CT_TCPF_SIMULTANEOUS_OPEN;
 		break;
 	case BPFIPT_TCP_SYN_RECV:
 		if (dir == 1 && index == TCP_ACK_SET &&
-		    (e->tcp_flags & BPFIPT_CT_TCP_SIMULTANEOUS_OPEN))
+		    (e->last_flags & BPFIPT_CT_TCPF_SIMULTANEOUS_OPEN))
 			nw = BPFIPT_TCP_ESTABLISHED;
 		break;
+	case BPFIPT_TCP_CLOSE:
+		if (index != TCP_RST_SET)
+			break;
+		/* Closing: the tuple may be reused already, no window checks. */
+		if (tcp_closing(old))
+			goto in_window;
+		if ((rcv->flags & BPFIPT_CT_TCPF_MAXACK_SET) && e->last_index != TCP_SYN_SET) {
+			if (t->seq == 0 && !tcp_established(e))
+				break;	/* answers a SYN we let through */
+			if (seq_before(t->seq, rcv->td_maxack) && !c->ignore_invalid_rst)
+				return 0;	/* invalid RST */
+			if (!tcp_established(e) || t->seq == rcv->td_maxack)
+				break;
+			if (e->last_index == TCP_ACK_SET && e->last_dir == dir &&
+			    t->seq == e->last_end)
+				break;	/* a RST right after data */
+			/* Not the exact sequence number: keep the state for a challenge ACK. */
+			nw = old;
+		}
+		if ((((e->status & BPFIPT_IPS_SEEN_REPLY) && e->last_index == TCP_SYN_SET &&
+		      e->last_dir != dir) ||
+		     (!(e->status & BPFIPT_IPS_ASSURED) && e->last_index == TCP_ACK_SET)) &&
+		    t->ack == e->last_end)
+			/* a RST to a SYN or ACK we let through: no window check */
+			goto in_window;
+		if (old == BPFIPT_TCP_SYN_SENT && e->last_index == TCP_ACK_SET && e->last_dir == 1 &&
+		    t->seq == e->last_ack)
+			/* a RST answering a challenge ACK */
+			goto in_window;
+		break;
 	}
+	res = tcp_in_window(e, snd, rcv, dir, index, t, c);
+	if (res == CT_TCP_IGNORE)
+		return 1;
+	if (res == CT_TCP_INVALID) {
+		tcp_handle_invalid(e, dir, index, c, now);
+		return 0;
+	}
+in_window:
 	e->last_index = index;
 	e->last_dir = dir;
 	e->tcp_state = nw;
 	if (old != nw && nw == BPFIPT_TCP_FIN_WAIT)
-		e->tcp_flags |= dir ? BPFIPT_CT_TCP_CLOSE_INIT_REPLY : BPFIPT_CT_TCP_CLOSE_INIT_ORIG;
-	if (index == TCP_RST_SET)
+		snd->flags |= BPFIPT_CT_TCPF_CLOSE_INIT;
+	tnw = ct_timeout(c, nw);
+	if (e->retrans >= c->max_retrans && tnw > ct_timeout(c, BPFIPT_TCP_RETRANS))
+		timeout = ct_timeout(c, BPFIPT_TCP_RETRANS);
+	else if (index == TCP_RST_SET)
 		timeout = ct_timeout(c, BPFIPT_TCP_CLOSE);
+	else if (((e->seen[0].flags | e->seen[1].flags) & BPFIPT_CT_TCPF_DATA_UNACKNOWLEDGED) &&
+		 tnw > ct_timeout(c, BPFIPT_TCP_UNACK))
+		timeout = ct_timeout(c, BPFIPT_TCP_UNACK);
+	else if (e->last_win == 0 && tnw > ct_timeout(c, BPFIPT_TCP_RETRANS))
+		timeout = ct_timeout(c, BPFIPT_TCP_RETRANS);
 	else
-		timeout = ct_timeout(c, nw);
+		timeout = tnw;
 	if (!(e->status & BPFIPT_IPS_SEEN_REPLY)) {
 		/* SEEN_REPLY is set after the tracker: a first reply lands here too. */
-		if (index == TCP_RST_SET)
+		if (t->flags & TH_RST)
 			return 3;
 		if (index == TCP_SYN_SET && old == BPFIPT_TCP_SYN_SENT)
 			return 1;	/* a retransmitted SYN does not renew the timeout */
@@ -395,17 +814,29 @@ static __always_inline int tcp_packet(struct bpfipt_ct_entry *e, __u32 dir,
 	return 1;
 }
 
-/* tcp_new: whether a segment may open a connection, and its first state. */
+/* tcp_new: whether a segment may open a connection, its first state and window. */
 static __always_inline int tcp_new(struct bpfipt_ct_entry *e, const struct tcp_seg *t,
 				   const struct bpfipt_ct_config *c)
 {
 	__u32 st = tcp_states[0][tcp_index(t->flags) % 6][BPFIPT_TCP_NONE];
+	struct bpfipt_ct_tcp_dir *s = &e->seen[0];
 
 	if (st >= BPFIPT_TCP_MAX)
 		return 0;
 	if (st != BPFIPT_TCP_SYN_SENT && !c->loose)
 		return 0;
+	/* The entry is zeroed by the caller (the kernel's memset of proto.tcp). */
 	e->tcp_state = BPFIPT_TCP_NONE;
+	s->td_end = t->end;
+	s->td_maxwin = t->win ? t->win : 1;
+	if (st == BPFIPT_TCP_SYN_SENT) {
+		s->td_maxend = t->end;
+		tcp_opts_to(s, t);
+	} else {
+		/* Picked up mid-stream: SACK and liberal windows assumed, for window scaling. */
+		s->td_maxend = t->end + s->td_maxwin;
+		s->flags = e->seen[1].flags = BPFIPT_CT_TCPF_SACK_PERM | BPFIPT_CT_TCPF_BE_LIBERAL;
+	}
 	e->last_index = TCP_NONE_SET;
 	return 1;
 }
@@ -497,10 +928,112 @@ static __always_inline void icmp_error(struct __sk_buff *skb, const struct pkt *
 	ct_stat(BPFIPT_CTS_RELATED_PKT);
 }
 
+/* The running sum over a segment (bpf_loop's context). */
+struct ct_csum_walk {
+	struct __sk_buff *skb;
+	struct ct_csum_buf *buf;
+	__u32 off;	/* next byte */
+	__u32 end;	/* byte after the segment */
+	__s64 sum;	/* 32-bit partial sum as bpf_csum_diff returns it */
+};
+
+static long ct_csum_step(__u32 n, void *ctx)
+{
+	struct ct_csum_walk *w = ctx;
+	__u32 len, words;
+	__s64 r;
+
+	if (w->off >= w->end)
+		return 1;
+	len = w->end - w->off;
+	if (len > CT_CSUM_CHUNK)
+		len = CT_CSUM_CHUNK;
+	asm volatile("" : "+r"(len));
+	if (len < 1 || len > CT_CSUM_CHUNK)
+		return 1;
+	/* A last chunk is padded with zeros to whole 32-bit words (RFC 1071). */
+	*(__u32 *)&w->buf->b[(len - 1) & (CT_CSUM_CHUNK - 4)] = 0;
+	if (bpf_skb_load_bytes(w->skb, w->off, w->buf->b, len) < 0) {
+		w->sum = -1;
+		return 1;
+	}
+	words = (len + 3) & ~3u;
+	asm volatile("" : "+r"(words));
+	if (words < 4 || words > CT_CSUM_CHUNK)
+		return 1;
+	r = bpf_csum_diff(0, 0, (__be32 *)w->buf->b, words, (__u32)w->sum);
+	if (r < 0) {
+		w->sum = -1;
+		return 1;
+	}
+	w->sum = r;
+	w->off += len;
+	return 0;
+}
+
+/* nf_checksum at PRE_ROUTING: whether the segment's TCP, UDP or ICMP checksum is wrong.
+ * Not checked, as the kernel does not: a checksum the device verified
+ * (CHECKSUM_UNNECESSARY: bpf_csum_level answers), and one a local sender left to be
+ * completed (CHECKSUM_PARTIAL, which a TC program cannot read: the field then holds the
+ * pseudo-header's sum, which no complete segment does unless by chance). */
+__noinline int ct_csum_bad(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u32 zero = 0, l4off, ph;
+	struct ct_csum_walk w = {};
+	__u8 f[2];
+	__u16 field;
+	__u64 s;
+
+	if (!skb || !p)
+		return 0;
+	if (bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) >= 0)
+		return 0;
+	w.buf = bpf_map_lookup_elem(&ct_csum_scratch, &zero);
+	if (!w.buf)
+		return 0;
+	l4off = ETH_HLEN + (p->ihl & 0x3c);
+	w.skb = skb;
+	w.off = l4off;
+	w.end = l4off + p->l4len;
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+		if (bpf_skb_load_bytes(skb, l4off + (p->proto == IPPROTO_TCP ? 16 : 6), f, 2) < 0)
+			return 0;
+		field = ((__u16)f[0] << 8) | f[1];
+		if (p->proto == IPPROTO_UDP && field == 0)
+			return 0;	/* no checksum */
+		/* The pseudo-header, summed as the bytes lie in memory. */
+		ph = bpf_htonl(((__u32)p->proto << 16) | p->l4len);
+		s = (__u64)p->saddr + p->daddr + ph;
+		s = (s & 0xffffffff) + (s >> 32);
+		s = (s & 0xffffffff) + (s >> 32);
+		{
+			__u32 t = (__u32)(s & 0xffff) + (__u32)(s >> 16);
+
+			t = (t & 0xffff) + (t >> 16);
+			t = (t & 0xffff) + (t >> 16);
+			/* the folded sum as it lies in memory, read in network order */
+			if (field == bpf_ntohs((__u16)t))
+				return 0;	/* CHECKSUM_PARTIAL */
+		}
+		w.sum = (__u32)s;
+	} else if (p->proto != IPPROTO_ICMP) {
+		return 0;
+	}
+	bpf_loop(65536 / CT_CSUM_CHUNK + 1, ct_csum_step, &w, 0);
+	if (w.sum < 0 || w.off != w.end)
+		return 0;
+	s = (__u64)w.sum;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return s != 0xffff;
+}
+
 /* Tracks the packet: fills the ct_pkt a rule sees. Returns 0, or -1 when the packet must
  * be dropped before any rule (table full, as init_conntrack's drop). */
 static __always_inline int ct_track(struct __sk_buff *skb, const struct pkt *p,
-				    struct ct_pkt *r, const struct bpfipt_ct_config *c)
+				    struct ct_pkt *r, const struct bpfipt_ct_config *c,
+				    int prerouting)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct bpfipt_ct_entry *e;
@@ -519,8 +1052,14 @@ static __always_inline int ct_track(struct __sk_buff *skb, const struct pkt *p,
 		/* The kernel reassembles first; later fragments are not modelled. */
 		return 0;
 	if (p->proto == IPPROTO_TCP) {
-		tcp_read(skb, p, &t);
-		if (!t.ok || !tcp_flags_valid(t.flags))
+		ct_tcp_read(skb, ETH_HLEN + (p->ihl & 0x3c), p->l4len, &t);
+		if (!t.ok)
+			return 0;
+		if (prerouting && c->checksum && ct_csum_bad(skb, p)) {
+			ct_stat(BPFIPT_CTS_INVALID_PKT);
+			return 0;
+		}
+		if (!tcp_flags_valid(t.flags))
 			return 0;
 	} else if (p->proto == IPPROTO_UDP || p->proto == IPPROTO_UDPLITE) {
 		__u8 h[8];
@@ -533,11 +1072,19 @@ static __always_inline int ct_track(struct __sk_buff *skb, const struct pkt *p,
 			if (ulen > p->l4len || ulen < 8)
 				return 0;
 		}
+		if (prerouting && c->checksum && ct_csum_bad(skb, p)) {
+			ct_stat(BPFIPT_CTS_INVALID_PKT);
+			return 0;
+		}
 	} else if (p->proto == IPPROTO_ICMP) {
 		__u8 h[8];
 
 		if (p->l4len < 8 || bpf_skb_load_bytes(skb, ETH_HLEN + (p->ihl & 0x3c), h, 8) < 0)
 			return 0;
+		if (prerouting && c->checksum && ct_csum_bad(skb, p)) {
+			ct_stat(BPFIPT_CTS_INVALID_PKT);
+			return 0;
+		}
 		if (p->icmp_type > 18)
 			return 0;
 		if (icmp_is_err(p->icmp_type)) {
@@ -814,12 +1361,15 @@ static __always_inline int ct_shortcut(__u32 states)
 }
 
 /* Before classification: the packet's state. `lo_in`: INPUT at lo's ingress (the state
- * comes with the packet from OUTPUT); `reject_reply`: a reply our REJECT built. Returns -1
+ * comes with the packet from OUTPUT); `reject_reply`: a reply our REJECT built;
+ * `prerouting`: a received packet (INPUT, FORWARD), whose checksum conntrack checks at
+ * PRE_ROUTING (nf_conntrack_checksum), unlike a local one's. Returns -1
  * when the packet is dropped before any rule. */
 /* ct_begin and ct_end are global functions, verified once on their own: inlined into both
  * hooks with fragments, REJECT and classification, the verifier's state count passed its
  * limit of a million instructions. What they find goes to the per-CPU ct_pkt. */
-__noinline int ct_begin(struct __sk_buff *skb, const struct pkt *p, int lo_in, int reject_reply)
+__noinline int ct_begin(struct __sk_buff *skb, const struct pkt *p, int lo_in, int reject_reply,
+			int prerouting)
 {
 	struct bpfipt_ct_config *c = ct_cfg();
 	struct ct_pkt *r = ct_pkt_get();
@@ -837,7 +1387,7 @@ __noinline int ct_begin(struct __sk_buff *skb, const struct pkt *p, int lo_in, i
 	}
 	if (reject_reply && p->proto == IPPROTO_TCP && ct_reject_reply(r))
 		return 0;
-	return ct_track(skb, p, r, c);
+	return ct_track(skb, p, r, c, prerouting);
 }
 
 /* After classification: confirm a new connection whose packet was accepted; at lo's egress

@@ -147,7 +147,7 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		}
 	}
-	if (ct_begin(skb, &st->p, skb->ifindex == cfg_lo(), 0) < 0)
+	if (ct_begin(skb, &st->p, skb->ifindex == cfg_lo(), 0, 1) < 0)
 		return TC_ACT_SHOT;
 	r = run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0,
 		     skb->ifindex);
@@ -183,7 +183,7 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 		entry = BPFIPT_CHAIN_FORWARD;
 		in_ifindex = skb->ingress_ifindex;
 	}
-	if (ct_begin(skb, &st->p, 0, reply) < 0)
+	if (ct_begin(skb, &st->p, 0, reply, in_ifindex != 0) < 0)
 		return TC_ACT_SHOT;
 	r = run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex,
 		     in_ifindex ? in_ifindex : skb->ifindex);

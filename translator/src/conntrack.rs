@@ -220,7 +220,15 @@ pub struct CtConfig {
     pub max: u32,
     /// `nf_conntrack_tcp_loose`.
     pub loose: bool,
+    /// `nf_conntrack_tcp_be_liberal`: out-of-window segments are not INVALID.
+    pub be_liberal: bool,
     pub timeout: [u32; NTIMEOUTS],
+    /// `nf_conntrack_tcp_max_retrans`: repeats of a segment before the retrans timeout.
+    pub max_retrans: u32,
+    /// `nf_conntrack_tcp_ignore_invalid_rst`.
+    pub ignore_invalid_rst: bool,
+    /// `nf_conntrack_checksum`.
+    pub checksum: bool,
 }
 
 /// The kernel's default table size when the host does not say (nf_conntrack_core.c
@@ -242,12 +250,16 @@ impl Default for CtConfig {
             enabled: false,
             max,
             loose: true,
+            be_liberal: false,
             timeout,
+            max_retrans: 3,
+            ignore_invalid_rst: false,
+            checksum: true,
         }
     }
 }
 
-pub const CONFIG_SIZE: usize = 16 + 4 * NTIMEOUTS;
+pub const CONFIG_SIZE: usize = 16 + 4 * NTIMEOUTS + 16;
 
 impl CtConfig {
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -255,14 +267,19 @@ impl CtConfig {
         b.extend_from_slice(&(self.enabled as u32).to_ne_bytes());
         b.extend_from_slice(&self.max.to_ne_bytes());
         b.extend_from_slice(&(self.loose as u32).to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(&(self.be_liberal as u32).to_ne_bytes());
         for t in self.timeout {
             b.extend_from_slice(&t.to_ne_bytes());
         }
+        b.extend_from_slice(&self.max_retrans.to_ne_bytes());
+        b.extend_from_slice(&(self.ignore_invalid_rst as u32).to_ne_bytes());
+        b.extend_from_slice(&(self.checksum as u32).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
         b
     }
 
     pub fn from_bytes(b: &[u8]) -> CtConfig {
+        const TAIL: usize = 16 + 4 * NTIMEOUTS;
         let u = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
         let mut timeout = [0u32; NTIMEOUTS];
         for (i, t) in timeout.iter_mut().enumerate() {
@@ -272,17 +289,26 @@ impl CtConfig {
             enabled: u(0) != 0,
             max: u(4),
             loose: u(8) != 0,
+            be_liberal: u(12) != 0,
             timeout,
+            max_retrans: u(TAIL),
+            ignore_invalid_rst: u(TAIL + 4) != 0,
+            checksum: u(TAIL + 8) != 0,
         }
     }
 
     /// Sets a value by its sysctl name (`nf_conntrack_` prefix optional): a timeout,
-    /// `max` or `tcp_loose`.
+    /// `max`, `tcp_loose`, `tcp_be_liberal`, `tcp_max_retrans`, `tcp_ignore_invalid_rst` or
+    /// `checksum`.
     pub fn set(&mut self, name: &str, value: u32) -> Result<(), CtError> {
         let n = name.strip_prefix("nf_conntrack_").unwrap_or(name);
         match n {
             "max" => self.max = value,
             "tcp_loose" => self.loose = value != 0,
+            "tcp_be_liberal" => self.be_liberal = value != 0,
+            "tcp_max_retrans" => self.max_retrans = value,
+            "tcp_ignore_invalid_rst" => self.ignore_invalid_rst = value != 0,
+            "checksum" => self.checksum = value != 0,
             _ => {
                 let (_, i, _) = TIMEOUTS
                     .iter()
@@ -297,8 +323,15 @@ impl CtConfig {
     /// `name value` lines, as the sysctls read.
     pub fn describe(&self) -> String {
         let mut s = format!(
-            "nf_conntrack_max {}\nnf_conntrack_tcp_loose {}\n",
-            self.max, self.loose as u32
+            "nf_conntrack_max {}\nnf_conntrack_checksum {}\nnf_conntrack_tcp_loose {}\n\
+             nf_conntrack_tcp_be_liberal {}\nnf_conntrack_tcp_max_retrans {}\n\
+             nf_conntrack_tcp_ignore_invalid_rst {}\n",
+            self.max,
+            self.checksum as u32,
+            self.loose as u32,
+            self.be_liberal as u32,
+            self.max_retrans,
+            self.ignore_invalid_rst as u32
         );
         for (n, i, _) in TIMEOUTS {
             s += &format!("nf_conntrack_{n} {}\n", self.timeout[*i]);
@@ -334,7 +367,7 @@ impl From<io::Error> for CtError {
 }
 
 pub const KEY_SIZE: usize = 16;
-pub const ENTRY_SIZE: usize = 48;
+pub const ENTRY_SIZE: usize = 96;
 
 /// IPS_* status bits.
 pub mod status {
@@ -514,9 +547,12 @@ impl Table {
                     let Ok(fd) = sys::map_fd_by_id(m) else {
                         continue;
                     };
+                    // A datapath of another layout (an older bpfipt) is not read: its
+                    // entries and settings would be misread.
+                    let size = sys::map_value_size(&fd).unwrap_or(0) as usize;
                     match sys::map_name(&fd).ok().as_deref() {
-                        Some("ct") => ct = Some(fd),
-                        Some("ct_config") => config = Some(fd),
+                        Some("ct") if size == ENTRY_SIZE => ct = Some(fd),
+                        Some("ct_config") if size == CONFIG_SIZE => config = Some(fd),
                         Some("ct_count") => count = Some(fd),
                         _ => {}
                     }
@@ -788,6 +824,9 @@ mod tests {
         c.set("nf_conntrack_udp_timeout", 5).unwrap();
         c.set("tcp_timeout_established", 7).unwrap();
         c.set("max", 10).unwrap();
+        c.set("tcp_be_liberal", 1).unwrap();
+        c.set("nf_conntrack_tcp_max_retrans", 9).unwrap();
+        c.set("checksum", 0).unwrap();
         assert!(matches!(
             c.set("nf_conntrack_bogus", 1),
             Err(CtError::UnknownSetting(_))
@@ -799,6 +838,8 @@ mod tests {
         assert_eq!(d.timeout[14], 5);
         assert_eq!(d.timeout[3], 7);
         assert_eq!(d.max, 10);
+        assert!(d.be_liberal && !d.checksum);
+        assert_eq!(d.max_retrans, 9);
     }
 
     /// The defaults must be the running kernel's (read from its sysctls in a namespace
@@ -813,6 +854,19 @@ mod tests {
                 continue;
             };
             assert_eq!(s.trim().parse::<u32>().unwrap(), d.timeout[*i], "{n}");
+            checked += 1;
+        }
+        for (n, v) in [
+            ("checksum", d.checksum as u32),
+            ("tcp_loose", d.loose as u32),
+            ("tcp_be_liberal", d.be_liberal as u32),
+            ("tcp_max_retrans", d.max_retrans),
+            ("tcp_ignore_invalid_rst", d.ignore_invalid_rst as u32),
+        ] {
+            let Ok(s) = std::fs::read_to_string(dir.join(format!("nf_conntrack_{n}"))) else {
+                continue;
+            };
+            assert_eq!(s.trim().parse::<u32>().unwrap(), v, "{n}");
             checked += 1;
         }
         if dir.join("nf_conntrack_max").exists() {
@@ -840,7 +894,16 @@ mod tests {
         ] {
             assert_eq!(off("bpfipt_ct_entry", m), o, "bpfipt_ct_entry.{m}");
         }
-        for (m, o) in [("enabled", 0), ("max", 4), ("loose", 8), ("timeout", 16)] {
+        for (m, o) in [
+            ("enabled", 0),
+            ("max", 4),
+            ("loose", 8),
+            ("be_liberal", 12),
+            ("timeout", 16),
+            ("max_retrans", 16 + 4 * NTIMEOUTS),
+            ("ignore_invalid_rst", 20 + 4 * NTIMEOUTS),
+            ("checksum", 24 + 4 * NTIMEOUTS),
+        ] {
             assert_eq!(off("bpfipt_ct_config", m), o, "bpfipt_ct_config.{m}");
         }
     }

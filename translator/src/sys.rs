@@ -275,6 +275,12 @@ pub fn map_max_entries(map: &impl AsRawFd) -> io::Result<u32> {
     Ok(u32::from_ne_bytes(info[16..20].try_into().unwrap()))
 }
 
+/// A map's value_size (struct bpf_map_info: value_size at 12).
+pub fn map_value_size(map: &impl AsRawFd) -> io::Result<u32> {
+    let info: [u8; 128] = obj_info(map)?;
+    Ok(u32::from_ne_bytes(info[12..16].try_into().unwrap()))
+}
+
 /// Index of the loopback interface (always 1 in a namespace, but ask).
 pub fn loopback_ifindex() -> u32 {
     // SAFETY: if_nametoindex reads a NUL-terminated name.
