@@ -20,6 +20,9 @@
 #define BPFIPT_MAX_MATCHES 6
 /* Entries of one chunk of a candidate list. */
 #define BPFIPT_CHUNK 15
+/* A built-in chain of at most this many rules, none of which leaves the chain (jump, goto,
+ * RETURN), is evaluated rule by rule from its record (classify.h classify_direct). */
+#define BPFIPT_DIRECT_MAX 8
 /* Nested address classes a packet can hit per field and chain. */
 #define BPFIPT_MAX_ANCESTORS 6
 /* Candidate list heads merged at once. */
@@ -133,8 +136,12 @@ struct bpfipt_chain {
 	 * ACCEPT` (or -m state): S (BPFIPT_CTS_* bits), else 0. A packet in S is that rule's
 	 * without classification, counted on ct_accept_slot (the paper's shortcut). */
 	__u16 ct_accept;
-	__u16 pad;
+	/* 1: the chain's rules are the ndirect slots of direct_slot, in rule order, evaluated
+	 * one by one without the index (few rules, none leaving the chain). */
+	__u8 direct;
+	__u8 ndirect;
 	__u32 ct_accept_slot;
+	__u32 direct_slot[BPFIPT_DIRECT_MAX];
 };
 
 /* The table has rules on interface names: look the devices' names up. */

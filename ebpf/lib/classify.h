@@ -349,7 +349,18 @@ static __always_inline void finish(struct state *st, __u32 verdict, __u32 reason
 	st->done = 1;
 }
 
-/* The policy of the hook's built-in chain, counted on its tail (ipt_do_table's underflow). */
+/* A built-in chain's policy, counted on its tail (ipt_do_table's underflow). */
+static __always_inline void policy_verdict(struct state *st, __u32 tail_slot, __u32 policy)
+{
+	st_count(st, tail_slot);
+	/* A record never written (zero) is the kernel's initial table: ACCEPT. */
+	if (policy == BPFIPT_T_DROP)
+		finish(st, TC_ACT_SHOT, BPFIPT_R_POLICY_DROP);
+	else
+		finish(st, TC_ACT_OK, BPFIPT_R_POLICY_ACCEPT);
+}
+
+/* The policy of the hook's built-in chain. */
 static __always_inline void apply_policy(struct state *st)
 {
 	__u32 idx = st->half * BPFIPT_MAX_CHAINS + st->hook_chain;
@@ -359,12 +370,28 @@ static __always_inline void apply_policy(struct state *st)
 		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
 		return;
 	}
-	st_count(st, c->tail_slot);
-	/* A record never written (zero) is the kernel's initial table: ACCEPT. */
-	if (c->policy == BPFIPT_T_DROP)
-		finish(st, TC_ACT_SHOT, BPFIPT_R_POLICY_DROP);
-	else
-		finish(st, TC_ACT_OK, BPFIPT_R_POLICY_ACCEPT);
+	policy_verdict(st, c->tail_slot, c->policy);
+}
+
+/* The targets that stay in the chain: no target (go on), ACCEPT, DROP, REJECT. Returns 1 when
+ * r's target is one of them (st->done when it ends the scan), 0 for RETURN, jumps, gotos. */
+static __always_inline int chain_target(struct state *st, const struct bpfipt_rule *r)
+{
+	switch (r->target) {
+	case BPFIPT_T_NONE:
+		return 1;
+	case BPFIPT_T_ACCEPT:
+		finish(st, TC_ACT_OK, BPFIPT_R_RULE_ACCEPT);
+		return 1;
+	case BPFIPT_T_DROP:
+		finish(st, TC_ACT_SHOT, BPFIPT_R_RULE_DROP);
+		return 1;
+	case BPFIPT_T_REJECT:
+		st->reject = r->reject + 1;
+		finish(st, TC_ACT_SHOT, BPFIPT_R_REJECT);
+		return 1;
+	}
+	return 0;
 }
 
 /* RETURN: back to the caller after its jumping rule, or the hook's policy. */
@@ -469,19 +496,9 @@ static long classify_step(__u32 idx, void *ctx)
 		return 1;
 	}
 	st_count(st, slot);
+	if (chain_target(st, r))
+		return st->done ? 1 : 0;
 	switch (r->target) {
-	case BPFIPT_T_NONE:
-		return 0;
-	case BPFIPT_T_ACCEPT:
-		finish(st, TC_ACT_OK, BPFIPT_R_RULE_ACCEPT);
-		return 1;
-	case BPFIPT_T_DROP:
-		finish(st, TC_ACT_SHOT, BPFIPT_R_RULE_DROP);
-		return 1;
-	case BPFIPT_T_REJECT:
-		st->reject = r->reject + 1;
-		finish(st, TC_ACT_SHOT, BPFIPT_R_REJECT);
-		return 1;
 	case BPFIPT_T_RETURN:
 		do_return(st);
 		return st->done ? 1 : 0;
@@ -510,8 +527,45 @@ static long classify_step(__u32 idx, void *ctx)
 	return 1;
 }
 
-/* Classifies st->p through the table from chain `entry`; st->verdict is the outcome. */
-static __always_inline void classify(struct state *st, __u32 half, __u32 entry)
+/* One rule of a direct chain, in rule order (idx), then the policy. */
+static long direct_step(__u32 idx, void *ctx)
+{
+	__u32 zero = 0, slot;
+	struct state *st = bpf_map_lookup_elem(&scratch, &zero);
+	struct bpfipt_rule *r;
+	int m;
+
+	if (!st)
+		return 1;
+	if (idx >= st->ndirect || idx >= BPFIPT_DIRECT_MAX) {
+		policy_verdict(st, st->dtail, st->dpolicy);
+		return 1;
+	}
+	slot = st->dslot[idx];
+	r = bpf_map_lookup_elem(&rules, &slot);
+	if (!r) {
+		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
+		return 1;
+	}
+	m = rule_match(r, &st->p);
+	if (m == M_NO)
+		return 0;
+	if (m == M_HOTDROP) {
+		finish(st, TC_ACT_SHOT, BPFIPT_R_HOTDROP);
+		return 1;
+	}
+	st_count(st, slot);
+	if (chain_target(st, r))
+		return st->done ? 1 : 0;
+	/* compile makes only chains whose rules stay in them direct */
+	finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
+	return 1;
+}
+
+/* Classifies st->p through the table from chain `entry` (whose record is c); st->verdict is
+ * the outcome. */
+static __always_inline void classify(struct state *st, __u32 half, __u32 entry,
+				     const struct bpfipt_chain *c)
 {
 	st->half = half;
 	st->chain = entry;
@@ -525,6 +579,15 @@ static __always_inline void classify(struct state *st, __u32 half, __u32 entry)
 	st->ncounted = 0;
 	st->verdict = TC_ACT_SHOT;
 	st->reason = BPFIPT_R_LOOP_LIMIT;
+	if (c->direct) {
+		/* A few rules that stay in the chain: no index lookups (trie, lists). */
+		st->ndirect = c->ndirect;
+		st->dtail = c->tail_slot;
+		st->dpolicy = c->policy;
+		__builtin_memcpy(st->dslot, c->direct_slot, sizeof(st->dslot));
+		bpf_loop(BPFIPT_DIRECT_MAX + 1, direct_step, NULL, 0);
+		return;
+	}
 	bpf_loop(MAX_STEPS, classify_step, NULL, 0);
 }
 

@@ -185,6 +185,11 @@ struct state {
 	__u32 ncounted;
 	__u32 pad2;
 	__u32 counted[BPFIPT_XDP_MAX_COUNTS];
+	/* A direct chain (classify_direct): its slots, tail slot and policy, read once. */
+	__u32 ndirect;
+	__u32 dtail;
+	__u32 dpolicy;
+	__u32 dslot[BPFIPT_DIRECT_MAX];
 	struct frame stack[BPFIPT_MAX_STACK];
 	struct head heads[BPFIPT_MAX_HEADS];
 };

@@ -33,6 +33,85 @@ static __always_inline int ifname_of(__u32 ifindex, char *name, __u32 *hash)
 	return 1;
 }
 
+/* The IPv4 header's fields as classification sees them, once tot_len and ihl are checked:
+ * parse_ipv4 (TC) and xdp_parse (XDP) differ only in the bytes counted and the mark. */
+static __always_inline void fill_ipv4(struct pkt *p, const struct iphdr *ip, __u32 bytes,
+				      __u32 mark)
+{
+	p->bytes = bytes;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->saddr_h = bpf_ntohl(ip->saddr);
+	p->daddr_h = bpf_ntohl(ip->daddr);
+	p->proto = ip->protocol;
+	p->ttl = ip->ttl;
+	p->tos = ip->tos;
+	p->fragoff = bpf_ntohs(ip->frag_off) & IP_OFFSET_;
+	p->more_frags = !!(bpf_ntohs(ip->frag_off) & 0x2000);
+	p->ipid = bpf_ntohs(ip->id);
+	p->reasm = 0;
+	p->udp_csum0 = 0;
+	p->mark = mark;
+	p->l4len = p->tot_len - p->ihl;
+	p->has_ports = 0;
+	p->trunc_ports = 0;
+	p->sport = p->dport = 0;
+	p->tcpflags = 0;
+	p->icmp_type = p->icmp_code = 0;
+	p->tcpdoff = 0;
+	p->optlen = 0;
+	p->opts_ok = 0;
+}
+
+/* The transport fields of a first fragment (or whole datagram) whose L4 header starts at l4
+ * and whose linear data ends at end. */
+static __always_inline int parse_l4(struct pkt *p, __u8 *l4, void *end)
+{
+	if (p->l4len >= 4) {
+		if ((void *)(l4 + 4) > end)
+			return PARSE_MALFORMED;
+		if (port_proto(p->proto)) {
+			p->has_ports = 1;
+			p->sport = ((__u16)l4[0] << 8) | l4[1];
+			p->dport = ((__u16)l4[2] << 8) | l4[3];
+		}
+		p->icmp_type = l4[0];
+		p->icmp_code = l4[1];
+	}
+	if (p->l4len >= 20 && (void *)(l4 + 14) <= end) {
+		p->tcpflags = l4[13];
+		p->tcpdoff = (l4[12] >> 4) * 4;
+	}
+	if (p->proto == IPPROTO_UDP && p->l4len >= 8 && (void *)(l4 + 8) <= end)
+		p->udp_csum0 = l4[6] == 0 && l4[7] == 0;
+	if (port_proto(p->proto) &&
+	    p->l4len < (p->proto == IPPROTO_TCP ? 20 : p->proto == IPPROTO_UDP ? 8 : 4))
+		/* Shorter than what the match reads (tcp_mt 20, udp_mt 8, multiport_mt 4 bytes):
+		 * the match hotdrops whatever the ports, so every port-anchored rule is a
+		 * candidate (the TRUNC list). */
+		p->trunc_ports = 1;
+	return PARSE_OK;
+}
+
+/* The names of the -i / -o devices (0: none) for ip_packet_match, looked up only when the
+ * table has rules on interface names. */
+static __always_inline void load_ifnames(struct pkt *p, __u16 needs, __u32 in_dev,
+					 __u32 out_dev)
+{
+	p->has_in = 0;
+	p->has_out = 0;
+	p->in_hash = 0;
+	p->out_hash = 0;
+	__builtin_memset(p->in, 0, 16);
+	__builtin_memset(p->out, 0, 16);
+	if (needs & BPFIPT_CHAIN_NEEDS_IFNAMES) {
+		if (in_dev)
+			p->has_in = ifname_of(in_dev, p->in, &p->in_hash);
+		if (out_dev)
+			p->has_out = ifname_of(out_dev, p->out, &p->out_hash);
+	}
+}
+
 /* Fills p from the packet at skb (Ethernet then IPv4), reading the linear data directly
  * (a helper call per read costs more than the bounds checks). */
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
@@ -65,26 +144,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 		/* ip_rcv_core drops these before any hook. */
 		return PARSE_MALFORMED;
 	/* At the hooks the skb is trimmed to tot_len; a GSO packet's tot_len may be 0. */
-	p->bytes = p->tot_len ? p->tot_len : l3len;
-	p->saddr = ip->saddr;
-	p->daddr = ip->daddr;
-	p->saddr_h = bpf_ntohl(ip->saddr);
-	p->daddr_h = bpf_ntohl(ip->daddr);
-	p->proto = ip->protocol;
-	p->ttl = ip->ttl;
-	p->tos = ip->tos;
-	p->fragoff = bpf_ntohs(ip->frag_off) & IP_OFFSET_;
-	p->more_frags = !!(bpf_ntohs(ip->frag_off) & 0x2000);
-	p->ipid = bpf_ntohs(ip->id);
-	p->reasm = 0;
-	p->udp_csum0 = 0;
-	p->mark = skb->mark;
-	p->l4len = p->tot_len - p->ihl;
-	p->has_ports = 0;
-	p->trunc_ports = 0;
-	p->sport = p->dport = 0;
-	p->tcpflags = 0;
-	p->icmp_type = p->icmp_code = 0;
+	fill_ipv4(p, ip, p->tot_len ? p->tot_len : l3len, skb->mark);
 	if (p->fragoff) {
 		/* tcp_mt drops "evil" offset-1 fragments whatever its ports: the rules
 		 * anchored on ports must be seen (the TRUNC list). */
@@ -98,33 +158,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 		end = (void *)(long)skb->data_end;
 		l4 = data + ETH_HLEN_ + (p->ihl & 0x3c);
 	}
-	if (p->l4len >= 4) {
-		if ((void *)(l4 + 4) > end)
-			return PARSE_MALFORMED;
-		if (port_proto(p->proto)) {
-			p->has_ports = 1;
-			p->sport = ((__u16)l4[0] << 8) | l4[1];
-			p->dport = ((__u16)l4[2] << 8) | l4[3];
-		}
-		p->icmp_type = l4[0];
-		p->icmp_code = l4[1];
-	}
-	p->tcpdoff = 0;
-	p->optlen = 0;
-	p->opts_ok = 0;
-	if (p->l4len >= 20 && (void *)(l4 + 14) <= end) {
-		p->tcpflags = l4[13];
-		p->tcpdoff = (l4[12] >> 4) * 4;
-	}
-	if (p->proto == IPPROTO_UDP && p->l4len >= 8 && (void *)(l4 + 8) <= end)
-		p->udp_csum0 = l4[6] == 0 && l4[7] == 0;
-	if (port_proto(p->proto) &&
-	    p->l4len < (p->proto == IPPROTO_TCP ? 20 : p->proto == IPPROTO_UDP ? 8 : 4))
-		/* Shorter than what the match reads (tcp_mt 20, udp_mt 8, multiport_mt 4 bytes):
-		 * the match hotdrops whatever the ports, so every port-anchored rule is a
-		 * candidate (the TRUNC list). */
-		p->trunc_ports = 1;
-	return PARSE_OK;
+	return parse_l4(p, l4, end);
 }
 
 /* The TCP options of st->p (tcp_find_option's skb_header_pointer), for --tcp-option. */

@@ -43,22 +43,11 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 		count_reason(BPFIPT_R_RULE_ACCEPT);
 		return TC_ACT_OK;
 	}
-	st->p.has_in = 0;
-	st->p.has_out = 0;
-	st->p.in_hash = 0;
-	st->p.out_hash = 0;
-	__builtin_memset(st->p.in, 0, 16);
-	__builtin_memset(st->p.out, 0, 16);
-	if (c->needs & BPFIPT_CHAIN_NEEDS_IFNAMES) {
-		if (in_dev)
-			st->p.has_in = ifname_of(in_dev, st->p.in, &st->p.in_hash);
-		if (out_dev)
-			st->p.has_out = ifname_of(out_dev, st->p.out, &st->p.out_hash);
-	}
+	load_ifnames(&st->p, c->needs, in_dev, out_dev);
 	if (c->needs & BPFIPT_CHAIN_NEEDS_TCPOPTS)
 		load_tcp_options(skb, &st->p);
 	st->defer = 0;
-	classify(st, half, entry);
+	classify(st, half, entry, c);
 	count_reason(st->reason);
 	if (st->reject) {
 		if (st->p.reasm)
@@ -102,27 +91,43 @@ static __always_inline __u32 local_kind(__be32 daddr)
 	return v ? v->kind : 0;
 }
 
-static __always_inline int hook_ingress(struct __sk_buff *skb)
+/* What both TC hooks do first: the config and the scratch state, the family's fallback, the
+ * packet parsed into st->p. Returns 0 when the packet passes untouched (reason counted). */
+static __always_inline int hook_begin(struct __sk_buff *skb, struct bpfipt_config **cfgp,
+				      struct state **stp)
 {
 	struct bpfipt_config *cfg = get_config();
 	struct state *st = get_state();
 	int r;
 
 	if (!cfg || !st)
-		return TC_ACT_OK;
-	if (xdp_classified(skb)) {
-		count_reason(BPFIPT_R_XDP_INPUT_DONE);
-		return TC_ACT_OK;
-	}
+		return 0;
 	if (cfg->fallback) {
 		count_reason(BPFIPT_R_PASS_FALLBACK);
-		return TC_ACT_OK;
+		return 0;
 	}
 	r = parse_ipv4(skb, &st->p);
 	if (r != PARSE_OK) {
 		count_reason(r == PARSE_NOT_IPV4 ? BPFIPT_R_PASS_NOT_IPV4 : BPFIPT_R_MALFORMED);
+		return 0;
+	}
+	*cfgp = cfg;
+	*stp = st;
+	return 1;
+}
+
+static __always_inline int hook_ingress(struct __sk_buff *skb)
+{
+	struct bpfipt_config *cfg;
+	struct state *st;
+	int r;
+
+	if (xdp_classified(skb)) {
+		count_reason(BPFIPT_R_XDP_INPUT_DONE);
 		return TC_ACT_OK;
 	}
+	if (!hook_begin(skb, &cfg, &st))
+		return TC_ACT_OK;
 	if (!local_kind(st->p.daddr)) {
 		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
 		return TC_ACT_OK;
@@ -156,22 +161,13 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 
 static __always_inline int hook_egress(struct __sk_buff *skb)
 {
-	struct bpfipt_config *cfg = get_config();
-	struct state *st = get_state();
+	struct bpfipt_config *cfg;
+	struct state *st;
 	__u32 entry, in_ifindex;
 	int r, reply;
 
-	if (!cfg || !st)
+	if (!hook_begin(skb, &cfg, &st))
 		return TC_ACT_OK;
-	if (cfg->fallback) {
-		count_reason(BPFIPT_R_PASS_FALLBACK);
-		return TC_ACT_OK;
-	}
-	r = parse_ipv4(skb, &st->p);
-	if (r != PARSE_OK) {
-		count_reason(r == PARSE_NOT_IPV4 ? BPFIPT_R_PASS_NOT_IPV4 : BPFIPT_R_MALFORMED);
-		return TC_ACT_OK;
-	}
 	reply = skb->tc_index == BPFIPT_TC_INDEX_REPLY;
 	if (reply || skb->ingress_ifindex == 0) {
 		/* Locally generated (our REJECT replies included, as the kernel's go through

@@ -55,55 +55,13 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 	p->ihl = ip->ihl * 4;
 	if (p->tot_len < p->ihl || p->tot_len > l3len)
 		return PARSE_MALFORMED;
-	p->bytes = p->tot_len;
-	p->saddr = ip->saddr;
-	p->daddr = ip->daddr;
-	p->saddr_h = bpf_ntohl(ip->saddr);
-	p->daddr_h = bpf_ntohl(ip->daddr);
-	p->proto = ip->protocol;
-	p->ttl = ip->ttl;
-	p->tos = ip->tos;
-	p->fragoff = bpf_ntohs(ip->frag_off) & IP_OFFSET_;
-	p->more_frags = !!(bpf_ntohs(ip->frag_off) & 0x2000);
-	p->ipid = bpf_ntohs(ip->id);
-	p->reasm = 0;
-	p->udp_csum0 = 0;
-	p->mark = 0;
-	p->l4len = p->tot_len - p->ihl;
-	p->has_ports = 0;
-	p->trunc_ports = 0;
-	p->sport = p->dport = 0;
-	p->tcpflags = 0;
-	p->icmp_type = p->icmp_code = 0;
-	p->tcpdoff = 0;
-	p->optlen = 0;
-	p->opts_ok = 0;
+	fill_ipv4(p, ip, p->tot_len, 0);
 	if (p->fragoff) {
 		p->trunc_ports = p->proto == IPPROTO_TCP && p->fragoff == 1;
 		return PARSE_OK;
 	}
 	l4 = data + ETH_HLEN_ + (p->ihl & 0x3c);
-	if (p->l4len >= 4) {
-		if ((void *)(l4 + 4) > end)
-			return PARSE_MALFORMED;
-		if (port_proto(p->proto)) {
-			p->has_ports = 1;
-			p->sport = ((__u16)l4[0] << 8) | l4[1];
-			p->dport = ((__u16)l4[2] << 8) | l4[3];
-		}
-		p->icmp_type = l4[0];
-		p->icmp_code = l4[1];
-	}
-	if (p->l4len >= 20 && (void *)(l4 + 14) <= end) {
-		p->tcpflags = l4[13];
-		p->tcpdoff = (l4[12] >> 4) * 4;
-	}
-	if (p->proto == IPPROTO_UDP && p->l4len >= 8 && (void *)(l4 + 8) <= end)
-		p->udp_csum0 = l4[6] == 0 && l4[7] == 0;
-	if (port_proto(p->proto) &&
-	    p->l4len < (p->proto == IPPROTO_TCP ? 20 : p->proto == IPPROTO_UDP ? 8 : 4))
-		p->trunc_ports = 1;
-	return PARSE_OK;
+	return parse_l4(p, l4, end);
 }
 
 /* Classifies st->p through `entry` with deferred counts. Returns 1 when XDP can act on the
@@ -125,19 +83,9 @@ static __always_inline int xdp_classify(struct state *st, __u32 half, __u32 entr
 		st->verdict = TC_ACT_OK;
 		return 1;
 	}
-	st->p.has_in = 0;
-	st->p.has_out = 0;
-	st->p.in_hash = 0;
-	st->p.out_hash = 0;
-	__builtin_memset(st->p.in, 0, 16);
-	__builtin_memset(st->p.out, 0, 16);
-	if (c->needs & BPFIPT_CHAIN_NEEDS_IFNAMES) {
-		st->p.has_in = ifname_of(in_dev, st->p.in, &st->p.in_hash);
-		if (out_dev)
-			st->p.has_out = ifname_of(out_dev, st->p.out, &st->p.out_hash);
-	}
+	load_ifnames(&st->p, c->needs, in_dev, out_dev);
 	st->defer = 1;
-	classify(st, half, entry);
+	classify(st, half, entry, c);
 	st->defer = 0;
 	if (st->reject || st->ncounted > BPFIPT_XDP_MAX_COUNTS)
 		return 0;

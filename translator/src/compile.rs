@@ -1226,13 +1226,31 @@ pub fn compile(
             }
             _ => (0, 0),
         };
+        // A short built-in chain whose rules never leave it is evaluated rule by rule from
+        // its record: cheaper than the index's lookups for the few rules (B1 at 0 rules).
+        let direct = c.hook.is_some()
+            && cr.placed.len() <= layout::DIRECT_MAX
+            && cr.placed.iter().all(|p| {
+                matches!(
+                    p.rec.target,
+                    target::NONE | target::ACCEPT | target::DROP | target::REJECT
+                )
+            });
+        let mut direct_slot = [0u32; layout::DIRECT_MAX];
+        if direct {
+            for (d, p) in direct_slot.iter_mut().zip(&cr.placed) {
+                *d = p.slot;
+            }
+        }
         let rec = ChainRec {
             fields,
             tail_slot,
             policy,
             ct_accept,
-            pad: 0,
+            direct: direct as u8,
+            ndirect: if direct { cr.placed.len() as u8 } else { 0 },
             ct_accept_slot,
+            direct_slot,
             skip: (c.hook.is_some() && c.rules.is_empty() && policy == target::ACCEPT) as u8,
             needs: if c.hook.is_some() {
                 (if ifnames {
@@ -1795,6 +1813,31 @@ mod tests {
         rs4.chains[1].rules.push(new.to_rule());
         let (img4, _) = compile(&rs4, &asg).unwrap();
         assert!(img4.diff(&img).len() <= 6);
+    }
+
+    /// A built-in chain of up to DIRECT_MAX rules that stay in it is evaluated from its
+    /// record (direct), in rule order; a longer one through the index.
+    #[test]
+    fn short_builtin_chains_are_direct() {
+        let mut tuples = gen::classbench(layout::DIRECT_MAX - 1, 5);
+        tuples.push(gen::flow_rule());
+        let rs = gen::ruleset(Hook::Forward, &tuples, Verdict::Drop);
+        let (img, asg) = compile(&rs, &SlotAssignment::default()).unwrap();
+        let fwd = &img.chains[&layout::CHAIN_FORWARD].rec;
+        assert_eq!((fwd.direct, fwd.ndirect as usize), (1, layout::DIRECT_MAX));
+        for i in 0..layout::DIRECT_MAX {
+            assert_eq!(Some(fwd.direct_slot[i]), asg.rule_slot("FORWARD", i));
+        }
+        let input = &img.chains[&layout::CHAIN_INPUT].rec;
+        assert_eq!((input.direct, input.ndirect), (1, 0));
+        tuples.push(gen::flow_rule());
+        let rs = gen::ruleset(Hook::Forward, &tuples, Verdict::Drop);
+        let (img, _) = compile(&rs, &asg).unwrap();
+        let fwd = &img.chains[&layout::CHAIN_FORWARD].rec;
+        assert_eq!(
+            (fwd.direct, fwd.ndirect, fwd.direct_slot),
+            (0, 0, [0; layout::DIRECT_MAX])
+        );
     }
 
     /// Random edits: the index updated in place equals the index built from scratch.

@@ -11,6 +11,8 @@ pub const MAX_CHAINS: u32 = 4096;
 pub const MAX_STACK: usize = 16;
 pub const MAX_MATCHES: usize = 6;
 pub const CHUNK: usize = 15;
+/// `BPFIPT_DIRECT_MAX`: rules of a built-in chain evaluated from its record (no index).
+pub const DIRECT_MAX: usize = 8;
 pub const MAX_ANCESTORS: usize = 6;
 pub const TC_INDEX_REPLY: u32 = 0xb1f7;
 pub const CLASS_TRUNC: u32 = 0xffff_ffff;
@@ -115,9 +117,13 @@ pub struct ChainRec {
     /// State bits of an unconditional first rule `--ctstate S -j ACCEPT` (0: none), whose
     /// packets skip classification (`conntrack::accept_shortcut`).
     pub ct_accept: u16,
-    pub pad: u16,
+    /// 1: the chain's `ndirect` rules are `direct_slot`, in rule order, evaluated one by one
+    /// without the index (a short built-in chain whose rules never leave it).
+    pub direct: u8,
+    pub ndirect: u8,
     /// The counters slot of that rule.
     pub ct_accept_slot: u32,
+    pub direct_slot: [u32; DIRECT_MAX],
 }
 
 /// `BPFIPT_CHAIN_NEEDS_IFNAMES`
@@ -463,8 +469,10 @@ pub(crate) mod alignchecker {
                 skip,
                 needs,
                 ct_accept,
-                pad,
-                ct_accept_slot
+                direct,
+                ndirect,
+                ct_accept_slot,
+                direct_slot
             ]
         );
         check!(
