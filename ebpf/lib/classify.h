@@ -431,12 +431,35 @@ static long classify_step(__u32 idx, void *ctx)
 		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
 		return 1;
 	}
+	if (st->phase == PHASE_DIRECT) {
+		/* A direct chain: its rules in order from the slots read once, then its policy. */
+		__u32 i = st->dpos;
+
+		if (i >= st->ndirect || i >= BPFIPT_DIRECT_MAX) {
+			policy_verdict(st, st->dtail, st->dpolicy);
+			return 1;
+		}
+		slot = st->dslot[i];
+		st->dpos = i + 1;
+		goto evaluate;
+	}
 	cidx = st->half * BPFIPT_MAX_CHAINS + st->chain;
 	if (st->phase == PHASE_SETUP) {
 		c = bpf_map_lookup_elem(&chains, &cidx);
 		if (!c) {
 			finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
 			return 1;
+		}
+		if (c->direct && st->depth == 0) {
+			/* A hook's chain of a few rules that stay in it: no index lookups (trie,
+			 * lists) and no second read of the record for the policy. */
+			st->ndirect = c->ndirect;
+			st->dtail = c->tail_slot;
+			st->dpolicy = c->policy;
+			__builtin_memcpy(st->dslot, c->direct_slot, sizeof(st->dslot));
+			st->dpos = 0;
+			st->phase = PHASE_DIRECT;
+			return 0;
 		}
 		setup_chain(st, c);
 		st->phase = PHASE_SCAN;
@@ -483,6 +506,10 @@ static long classify_step(__u32 idx, void *ctx)
 	advance(st, best);
 	if (bprio <= st->resume)
 		return 0;
+	/* kept in st, not a register, so the direct path joins here in a state the verifier
+	 * has seen (rule_match is explored once) */
+	st->prio = bprio;
+evaluate:
 	r = bpf_map_lookup_elem(&rules, &slot);
 	if (!r) {
 		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
@@ -498,6 +525,11 @@ static long classify_step(__u32 idx, void *ctx)
 	st_count(st, slot);
 	if (chain_target(st, r))
 		return st->done ? 1 : 0;
+	if (st->phase == PHASE_DIRECT) {
+		/* compile makes only chains whose rules stay in them direct */
+		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
+		return 1;
+	}
 	switch (r->target) {
 	case BPFIPT_T_RETURN:
 		do_return(st);
@@ -510,7 +542,7 @@ static long classify_step(__u32 idx, void *ctx)
 			return 1;
 		}
 		st->stack[d].chain = st->chain;
-		st->stack[d].prio = bprio;
+		st->stack[d].prio = st->prio;
 		st->depth = d + 1;
 		st->chain = r->chain;
 		st->resume = 0;
@@ -527,45 +559,8 @@ static long classify_step(__u32 idx, void *ctx)
 	return 1;
 }
 
-/* One rule of a direct chain, in rule order (idx), then the policy. */
-static long direct_step(__u32 idx, void *ctx)
-{
-	__u32 zero = 0, slot;
-	struct state *st = bpf_map_lookup_elem(&scratch, &zero);
-	struct bpfipt_rule *r;
-	int m;
-
-	if (!st)
-		return 1;
-	if (idx >= st->ndirect || idx >= BPFIPT_DIRECT_MAX) {
-		policy_verdict(st, st->dtail, st->dpolicy);
-		return 1;
-	}
-	slot = st->dslot[idx];
-	r = bpf_map_lookup_elem(&rules, &slot);
-	if (!r) {
-		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
-		return 1;
-	}
-	m = rule_match(r, &st->p);
-	if (m == M_NO)
-		return 0;
-	if (m == M_HOTDROP) {
-		finish(st, TC_ACT_SHOT, BPFIPT_R_HOTDROP);
-		return 1;
-	}
-	st_count(st, slot);
-	if (chain_target(st, r))
-		return st->done ? 1 : 0;
-	/* compile makes only chains whose rules stay in them direct */
-	finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
-	return 1;
-}
-
-/* Classifies st->p through the table from chain `entry` (whose record is c); st->verdict is
- * the outcome. */
-static __always_inline void classify(struct state *st, __u32 half, __u32 entry,
-				     const struct bpfipt_chain *c)
+/* Classifies st->p through the table from chain `entry`; st->verdict is the outcome. */
+static __always_inline void classify(struct state *st, __u32 half, __u32 entry)
 {
 	st->half = half;
 	st->chain = entry;
@@ -579,15 +574,7 @@ static __always_inline void classify(struct state *st, __u32 half, __u32 entry,
 	st->ncounted = 0;
 	st->verdict = TC_ACT_SHOT;
 	st->reason = BPFIPT_R_LOOP_LIMIT;
-	if (c->direct) {
-		/* A few rules that stay in the chain: no index lookups (trie, lists). */
-		st->ndirect = c->ndirect;
-		st->dtail = c->tail_slot;
-		st->dpolicy = c->policy;
-		__builtin_memcpy(st->dslot, c->direct_slot, sizeof(st->dslot));
-		bpf_loop(BPFIPT_DIRECT_MAX + 1, direct_step, NULL, 0);
-		return;
-	}
+	/* One callback for both kinds of chain: rule_match is verified once per call site. */
 	bpf_loop(MAX_STEPS, classify_step, NULL, 0);
 }
 

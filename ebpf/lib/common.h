@@ -166,7 +166,7 @@ struct frame {
 	__u32 prio;
 };
 
-enum { PHASE_SETUP = 0, PHASE_SCAN = 1 };
+enum { PHASE_SETUP = 0, PHASE_SCAN = 1, PHASE_DIRECT = 2 };
 
 struct state {
 	struct pkt p;
@@ -174,6 +174,7 @@ struct state {
 	__u32 chain;
 	__u32 hook_chain;
 	__u32 resume;	/* skip candidates with prio <= resume (after RETURN) */
+	__u32 prio;	/* the candidate being evaluated */
 	__u32 depth;
 	__u32 nheads;
 	__u32 phase;
@@ -185,10 +186,11 @@ struct state {
 	__u32 ncounted;
 	__u32 pad2;
 	__u32 counted[BPFIPT_XDP_MAX_COUNTS];
-	/* A direct chain (classify_direct): its slots, tail slot and policy, read once. */
+	/* A direct chain (PHASE_DIRECT): its slots, tail slot and policy, read once. */
 	__u32 ndirect;
 	__u32 dtail;
 	__u32 dpolicy;
+	__u32 dpos;	/* the next of dslot */
 	__u32 dslot[BPFIPT_DIRECT_MAX];
 	struct frame stack[BPFIPT_MAX_STACK];
 	struct head heads[BPFIPT_MAX_HEADS];

@@ -47,7 +47,7 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 	if (c->needs & BPFIPT_CHAIN_NEEDS_TCPOPTS)
 		load_tcp_options(skb, &st->p);
 	st->defer = 0;
-	classify(st, half, entry, c);
+	classify(st, half, entry);
 	count_reason(st->reason);
 	if (st->reject) {
 		if (st->p.reasm)
