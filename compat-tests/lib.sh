@@ -15,6 +15,9 @@ E2E_PREFIX="${E2E_PREFIX:-bpfipt-t$$}"
 
 e2e_cleanup() {
     local ns
+    # The namespaces' processes are killed below: bash would print "Killed" for each of this
+    # shell's background jobs among them.
+    disown -a 2>/dev/null || true
     # Also those made by ns_new in a subshell (`X=$(ns_new ..)`), whose E2E_NS entry is
     # lost: the prefix carries this run's PID.
     for ns in "${E2E_NS[@]}" $(ip netns list | awk '{print $1}' | grep "^$E2E_PREFIX-"); do

@@ -153,6 +153,13 @@ wprobe() {
     counters "after $*"
 }
 
+# ctset NAME VALUE: net.netfilter.nf_conntrack_NAME in the kernel's firewall and the same
+# setting in bpfipt's.
+ctset() {
+    kern "$KF" sysctl -qw "net.netfilter.nf_conntrack_$1=$2"
+    kern "$BF" "$BPFIPT" conntrack --set "$1" "$2"
+}
+
 # TCP window tracking (tcp_in_window). Every segment is numbered from a live connection (seg
 # learns the ISNs from its SYN/ACK): D is added to the client's next sequence number (--seq)
 # or to the server's (--ack). Linux offers window scaling (shift 7 here), so the server's
@@ -195,18 +202,14 @@ wprobe c seg 10.2.0.2 22 --sport 41525 --teardown rst --seq -300000
 wprobe s segback --seq 300000
 
 # nf_conntrack_tcp_be_liberal: out-of-window segments are not INVALID.
-kern "$KF" sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=1
-kern "$BF" "$BPFIPT" conntrack --set tcp_be_liberal 1
+ctset tcp_be_liberal 1
 wprobe c seg 10.2.0.2 22 --sport 41530 --len 10 --seq 300000     # liberal: passes
 wprobe c seg 10.2.0.2 22 --sport 41531 --ack 300000
-kern "$KF" sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=0
-kern "$BF" "$BPFIPT" conntrack --set tcp_be_liberal 0
+ctset tcp_be_liberal 0
 # nf_conntrack_tcp_ignore_invalid_rst: a RST before the highest ACK is not INVALID.
-kern "$KF" sysctl -qw net.netfilter.nf_conntrack_tcp_ignore_invalid_rst=1
-kern "$BF" "$BPFIPT" conntrack --set tcp_ignore_invalid_rst 1
+ctset tcp_ignore_invalid_rst 1
 wprobe c seg 10.2.0.2 22 --sport 41532 --flags R --seq -100000
-kern "$KF" sysctl -qw net.netfilter.nf_conntrack_tcp_ignore_invalid_rst=0
-kern "$BF" "$BPFIPT" conntrack --set tcp_ignore_invalid_rst 0
+ctset tcp_ignore_invalid_rst 0
 
 # nf_conntrack_checksum: a received TCP, UDP or ICMP packet with a bad checksum is INVALID
 # (raw sockets: the checksum is the probe's, CHECKSUM_NONE on the way); a local socket's
@@ -224,8 +227,7 @@ load "checksums: INVALID dropped and counted, FORWARD and INPUT" <<'EOF'
 COMMIT
 EOF
 for chk in 1 0; do
-    kern "$KF" sysctl -qw net.netfilter.nf_conntrack_checksum=$chk
-    kern "$BF" "$BPFIPT" conntrack --set checksum $chk
+    ctset checksum $chk
     wprobe c raw 10.2.0.2 22 S --sport 4160$chk --bad-csum
     wprobe c raw 10.2.0.2 22 S --sport 4161$chk
     wprobe c udpraw 10.2.0.2 53 --sport 4162$chk --bad-csum
@@ -236,8 +238,7 @@ for chk in 1 0; do
     CHAIN=INPUT wprobe c raw 10.1.0.1 22 S --sport 4165$chk --bad-csum
     CHAIN=INPUT wprobe c raw 10.1.0.1 22 S --sport 4166$chk
 done
-kern "$KF" sysctl -qw net.netfilter.nf_conntrack_checksum=1
-kern "$BF" "$BPFIPT" conntrack --set checksum 1
+ctset checksum 1
 
 load "FORWARD: INVALID dropped, NEW only with SYN, REJECT the rest" <<'EOF'
 *filter
@@ -350,8 +351,7 @@ load "expiry: a UDP flow idle past nf_conntrack_udp_timeout is NEW again" <<'EOF
 -A FORWARD -i f0 -m conntrack --ctstate NEW -j ACCEPT
 COMMIT
 EOF
-kern "$KF" sysctl -qw net.netfilter.nf_conntrack_udp_timeout=2
-kern "$BF" "$BPFIPT" conntrack --set udp_timeout 2
+ctset udp_timeout 2
 probe c udp 10.2.0.2 5353 --sport 41301   # unanswered (port unreachable): an unreplied flow
 probe s udp 10.1.0.2 41301 --sport 5353   # the reply direction while the flow lives
 sleep 3
@@ -360,8 +360,7 @@ probe c udp 10.2.0.2 53 --sport 41302     # answered: replied flow
 probe c udp 10.2.0.2 53 --sport 41302     # still ESTABLISHED
 sleep 3
 probe s udp 10.1.0.2 41302 --sport 5300   # other tuple: NEW from the wrong side
-kern "$KF" sysctl -qw net.netfilter.nf_conntrack_udp_timeout=30
-kern "$BF" "$BPFIPT" conntrack --set udp_timeout 30
+ctset udp_timeout 30
 
 # The accept-established shortcut (an unconditional ESTABLISHED,RELATED ACCEPT first in a
 # built-in chain: bpfipt accepts those packets without classifying them) counts on its rule
