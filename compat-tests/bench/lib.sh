@@ -8,7 +8,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 E2E_PREFIX="bb$$-$BENCH"
 BIN="$REL"
 GEN="$BIN/examples/gen"
-ALL_BACKENDS="none legacy nft bpfipt bpfipt-xdp"
+ALL_BACKENDS="none tc-empty legacy nft bpfipt bpfipt-xdp"
 # Debian's python3 (python3-matplotlib, from scripts/install-deps.sh), not one a PATH may put first.
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
@@ -183,9 +183,12 @@ backend_tool() {
     esac
 }
 
-# restore B NS < FILE: loads FILE with B's iptables-restore (none: nothing).
+# restore B NS < FILE: loads FILE with B's iptables-restore (none: nothing; tc-empty: no
+# rules, a program that only returns TC_ACT_OK at both TC hooks of every interface but lo,
+# where bpfipt attaches its programs: the floor of any TC datapath).
 restore() {
     [ "$1" = none ] && { cat >/dev/null; return 0; }
+    [ "$1" = tc-empty ] && { cat >/dev/null; in_ns "$2" "$PY" "$BENCH_DIR/tc_empty.py"; return; }
     in_ns "$2" env $(backend_env "$1") "$(backend_tool "$1" iptables-restore)"
 }
 
