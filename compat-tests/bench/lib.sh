@@ -231,6 +231,9 @@ rx_packets() { # NS DEV
 bench_ns() {
     ns_new "$2" > /dev/null
     printf -v "$1" '%s' "$E2E_PREFIX-$2"
+    # No IPv6 on the interfaces made in it: their router and multicast listener messages
+    # would be counted as packets that reached dst.
+    in_ns "${!1}" sysctl -qw net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.all.disable_ipv6=1
 }
 
 # topo_fwd TAG: namespaces src -- fw -- dst: src 192.0.2.1-16/24 on c0, fw 192.0.2.254 (f0)

@@ -139,7 +139,7 @@ def plot(rs, metrics, backends, title, out, lines_by):
     fig, axes = plt.subplots(rows_, cols, figsize=(6.4 * cols, 4.2 * rows_ + 0.6), squeeze=False)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
-    colours = {"none": "tab:gray", "legacy": "tab:blue", "nft": "tab:orange",
+    colours = {"none": "tab:gray", "tc-empty": "tab:gray", "legacy": "tab:blue", "nft": "tab:orange",
                "bpfipt": "tab:green", "bpfipt-xdp": "tab:red"}
     for ax, g in zip(axes.flat, groups):
         sel = [r for r in rs if g is None or r["metric"] == g]
@@ -159,7 +159,8 @@ def plot(rs, metrics, backends, title, out, lines_by):
             label = " ".join(k)
             ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label,
                         color=colours.get(base(k[0])) if g is not None else None,
-                        linestyle="--" if "(" in k[0] else "-")
+                        linestyle=":" if base(k[0]) == "tc-empty" else
+                        "--" if "(" in k[0] else "-")
         ys = [r["median"] for r in sel if r["median"] > 0]
         if ys and max(ys) / min(ys) > 20:
             ax.set_yscale("log")
