@@ -422,6 +422,12 @@ fn icmp_reply_type(t: u8) -> u8 {
 }
 
 impl Flow {
+    /// gc_worker_can_early_drop: not assured, or a TCP connection that is closing
+    /// (tcp_can_early_drop: FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE).
+    pub fn can_early_drop(&self) -> bool {
+        self.status & status::ASSURED == 0 || (self.proto == 6 && (4..=8).contains(&self.tcp_state))
+    }
+
     pub fn parse(key: &[u8], v: &[u8]) -> Flow {
         let u32n = |o: usize| u32::from_ne_bytes(v[o..o + 4].try_into().unwrap());
         let u16n = |o: usize| u16::from_ne_bytes(v[o..o + 2].try_into().unwrap());
@@ -609,19 +615,24 @@ impl Table {
         Ok(n)
     }
 
-    /// Removes expired entries (the kernel's gc worker); how many.
+    /// The kernel's gc worker (gc_worker): removes expired entries and, while the table holds
+    /// at least 95 % of `max` (`nf_conntrack_max / 100 * 95`, so never below 100), the
+    /// entries it may drop early (`gc_worker_can_early_drop`), in the order of the walk, until
+    /// it holds less; how many it removed.
     pub fn gc(&self) -> Result<usize, CtError> {
         let now = now_ns();
+        let max95 = u64::from(self.config()?.max) / 100 * 95;
         let flows = self.flows()?;
-        let mut n = 0;
+        let mut count = flows.len() as u64;
         for x in &flows {
-            if x.expires_ns <= now && sys::map_delete(&self.ct, &x.key)? {
-                n += 1;
+            let drop = x.expires_ns <= now || (max95 > 0 && count >= max95 && x.can_early_drop());
+            if drop && sys::map_delete(&self.ct, &x.key)? {
+                count -= 1;
             }
         }
         // What the walk saw, less what it removed: no second walk of the table.
-        self.set_count((flows.len() - n) as u64)?;
-        Ok(n)
+        self.set_count(count)?;
+        Ok(flows.len() - count as usize)
     }
 
     fn set_count(&self, n: u64) -> Result<(), CtError> {

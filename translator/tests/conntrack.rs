@@ -417,6 +417,56 @@ fn table_full_drops_new_flows() {
     assert_eq!(hn.run(H::In, &dgram("10.0.0.1", 3, "10.0.0.2", 53)), Accept);
 }
 
+/// The gc worker's early drop (gc_worker in nf_conntrack_core.c): while the table holds at
+/// least `max / 100 * 95` entries, those not assured go, in the walk's order, until fewer
+/// remain; assured connections stay. Below a `max` of 100 that threshold is 0: no early drop.
+#[test]
+fn gc_drops_unassured_entries_above_95_percent() {
+    if !root() {
+        return;
+    }
+    for (max, tcp, udp, left) in [(200u32, 5u16, 190u16, 189u64), (50, 0, 50, 50)] {
+        let (mut hn, t) = harness(|c| c.max = max);
+        hn.load(&in_hook(H::In, A, vec![]));
+        for sp in 0..tcp {
+            // A handshake: the final ACK makes the connection ASSURED.
+            let p = 2000 + sp;
+            assert_eq!(
+                hn.run(H::In, &seg("10.0.0.1", p, "10.0.0.2", 22, SYN)),
+                Accept
+            );
+            assert_eq!(
+                hn.run(H::Out, &seg("10.0.0.2", 22, "10.0.0.1", p, SYNACK)),
+                Accept
+            );
+            assert_eq!(
+                hn.run(H::In, &seg("10.0.0.1", p, "10.0.0.2", 22, ACK)),
+                Accept
+            );
+        }
+        for sp in 0..udp {
+            assert_eq!(
+                hn.run(H::In, &dgram("10.0.0.1", 3000 + sp, "10.0.0.2", 53)),
+                Accept
+            );
+        }
+        let total = u64::from(tcp + udp);
+        assert_eq!(t.count().unwrap(), total);
+        assert_eq!(t.gc().unwrap() as u64, total - left, "max {max}");
+        assert_eq!(t.count().unwrap(), left);
+        let flows = t.list(&Filter::default()).unwrap();
+        assert_eq!(flows.len() as u64, left);
+        let assured = flows.iter().filter(|f| !f.can_early_drop()).count();
+        assert_eq!(
+            assured,
+            usize::from(tcp),
+            "max {max}: every assured connection stays"
+        );
+        // Below the threshold now: nothing more goes.
+        assert_eq!(t.gc().unwrap(), 0);
+    }
+}
+
 /// --ctproto, --ctorigsrc/dst, --ctreplsrc/dst, the four ports, --ctstatus, --ctexpire,
 /// --ctdir, each with and without `!`, on each hook.
 #[test]
