@@ -560,7 +560,8 @@ evaluate:
 }
 
 /* Classifies st->p through the table from chain `entry`; st->verdict is the outcome. */
-static __always_inline void classify(struct state *st, __u32 half, __u32 entry)
+static __always_inline void classify(struct state *st, __u32 half, __u32 entry,
+				     const struct bpfipt_chain *c)
 {
 	st->half = half;
 	st->chain = entry;
@@ -568,7 +569,15 @@ static __always_inline void classify(struct state *st, __u32 half, __u32 entry)
 	st->resume = 0;
 	st->depth = 0;
 	st->nheads = 0;
-	st->phase = PHASE_SETUP;
+	/* The hook's chain record, already read by the caller: a direct chain starts at its
+	 * first rule, without a setup step (classify_step's PHASE_SETUP). Without a branch:
+	 * two ways into bpf_loop made the verifier walk all that follows twice. */
+	st->ndirect = c->ndirect;
+	st->dtail = c->tail_slot;
+	st->dpolicy = c->policy;
+	__builtin_memcpy(st->dslot, c->direct_slot, sizeof(st->dslot));
+	st->dpos = 0;
+	st->phase = (__u32)(c->direct != 0) * PHASE_DIRECT;
 	st->done = 0;
 	st->reject = 0;
 	st->ncounted = 0;

@@ -98,18 +98,20 @@ static __always_inline int parse_l4(struct pkt *p, __u8 *l4, void *end)
 static __always_inline void load_ifnames(struct pkt *p, __u16 needs, __u32 in_dev,
 					 __u32 out_dev)
 {
+	/* Without the flag no rule reads the names (compile sets it for any -i / -o), and
+	 * setup_chain reads has_in / has_out only for an interface-anchored rule. */
+	if (!(needs & BPFIPT_CHAIN_NEEDS_IFNAMES))
+		return;
 	p->has_in = 0;
 	p->has_out = 0;
 	p->in_hash = 0;
 	p->out_hash = 0;
 	__builtin_memset(p->in, 0, 16);
 	__builtin_memset(p->out, 0, 16);
-	if (needs & BPFIPT_CHAIN_NEEDS_IFNAMES) {
-		if (in_dev)
-			p->has_in = ifname_of(in_dev, p->in, &p->in_hash);
-		if (out_dev)
-			p->has_out = ifname_of(out_dev, p->out, &p->out_hash);
-	}
+	if (in_dev)
+		p->has_in = ifname_of(in_dev, p->in, &p->in_hash);
+	if (out_dev)
+		p->has_out = ifname_of(out_dev, p->out, &p->out_hash);
 }
 
 /* Fills p from the packet at skb (Ethernet then IPv4), reading the linear data directly

@@ -47,7 +47,7 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 	if (c->needs & BPFIPT_CHAIN_NEEDS_TCPOPTS)
 		load_tcp_options(skb, &st->p);
 	st->defer = 0;
-	classify(st, half, entry);
+	classify(st, half, entry, c);
 	count_reason(st->reason);
 	if (st->reject) {
 		if (st->p.reasm)
@@ -91,6 +91,58 @@ static __always_inline __u32 local_kind(__be32 daddr)
 	return v ? v->kind : 0;
 }
 
+/* For a forwarded packet at ingress, whether daddr is local, read from the IPv4 header
+ * alone: -1 when the full parse must decide (not IPv4, header not in the linear data,
+ * malformed, or an L4 header parse_ipv4 would pull), else local_kind. parse_ipv4 then
+ * finds nothing to report, so a non-local packet passes with the same reason, untouched. */
+static __always_inline int local_kind_fast(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN_;
+	__u32 tot, ihl;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP) || (void *)(ip + 1) > end)
+		return -1;
+	if (ip->version != 4 || ip->ihl < 5)
+		return -1;
+	tot = bpf_ntohs(ip->tot_len);
+	ihl = ip->ihl * 4;
+	if (tot < ihl || tot > skb->len - ETH_HLEN_)
+		return -1;
+	if (!(bpf_ntohs(ip->frag_off) & IP_OFFSET_) && tot - ihl >= 4 &&
+	    data + ETH_HLEN_ + ihl + 4 > end)
+		return -1;
+	return local_kind(ip->daddr);
+}
+
+/* Whether the packet's connection is tracked: ct_begin and ct_end are called only then
+ * (they are subprograms); off, the per-CPU ct_pkt says so for ct_match and ct_shortcut,
+ * as ct_begin would. */
+static __always_inline int ct_on(void)
+{
+	struct bpfipt_ct_config *c = ct_cfg();
+	struct ct_pkt *r;
+
+	if (c && c->enabled)
+		return 1;
+	r = ct_pkt_get();
+	if (r)
+		r->on = 0;
+	return 0;
+}
+
+/* ct_end's first test inline (a subprogram call saved when the packet is not tracked). Not
+ * the hook's ct_on() result: a constant kept across run_hook doubles the verifier's states. */
+static __always_inline int ct_end_if_on(struct __sk_buff *skb, int verdict, int lo_out)
+{
+	struct ct_pkt *r = ct_pkt_get();
+
+	if (!r || !r->on)
+		return verdict;
+	return ct_end(skb, verdict, lo_out);
+}
+
 /* What both TC hooks do first: the config and the scratch state, the family's fallback, the
  * packet parsed into st->p. Returns 0 when the packet passes untouched (reason counted). */
 static __always_inline int hook_begin(struct __sk_buff *skb, struct bpfipt_config **cfgp,
@@ -118,12 +170,21 @@ static __always_inline int hook_begin(struct __sk_buff *skb, struct bpfipt_confi
 
 static __always_inline int hook_ingress(struct __sk_buff *skb)
 {
-	struct bpfipt_config *cfg;
+	struct bpfipt_config *cfg = get_config();
 	struct state *st;
-	int r;
+	int r, ct;
 
 	if (xdp_classified(skb)) {
 		count_reason(BPFIPT_R_XDP_INPUT_DONE);
+		return TC_ACT_OK;
+	}
+	if (!cfg)
+		return TC_ACT_OK;
+	/* A forwarded packet is decided before the parse into the scratch state. (A local
+	 * one looks its address up twice: the kind kept across the parse cost the verifier
+	 * a third more states.) */
+	if (!cfg->fallback && local_kind_fast(skb) == 0) {
+		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
 		return TC_ACT_OK;
 	}
 	if (!hook_begin(skb, &cfg, &st))
@@ -152,11 +213,12 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		}
 	}
-	if (ct_begin(skb, &st->p, skb->ifindex == cfg_lo(), 0, 1) < 0)
+	ct = ct_on();
+	if (ct && ct_begin(skb, &st->p, skb->ifindex == cfg_lo(), 0, 1) < 0)
 		return TC_ACT_SHOT;
 	r = run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0,
 		     skb->ifindex);
-	return ct_end(skb, r, 0);
+	return ct_end_if_on(skb, r, 0);
 }
 
 static __always_inline int hook_egress(struct __sk_buff *skb)
@@ -164,7 +226,7 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 	struct bpfipt_config *cfg;
 	struct state *st;
 	__u32 entry, in_ifindex;
-	int r, reply;
+	int r, reply, ct;
 
 	if (!hook_begin(skb, &cfg, &st))
 		return TC_ACT_OK;
@@ -179,11 +241,12 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 		entry = BPFIPT_CHAIN_FORWARD;
 		in_ifindex = skb->ingress_ifindex;
 	}
-	if (ct_begin(skb, &st->p, 0, reply, in_ifindex != 0) < 0)
+	ct = ct_on();
+	if (ct && ct_begin(skb, &st->p, 0, reply, in_ifindex != 0) < 0)
 		return TC_ACT_SHOT;
 	r = run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex,
 		     in_ifindex ? in_ifindex : skb->ifindex);
-	return ct_end(skb, r, skb->ifindex == cfg_lo());
+	return ct_end_if_on(skb, r, skb->ifindex == cfg_lo());
 }
 
 #endif

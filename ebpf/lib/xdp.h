@@ -85,7 +85,7 @@ static __always_inline int xdp_classify(struct state *st, __u32 half, __u32 entr
 	}
 	load_ifnames(&st->p, c->needs, in_dev, out_dev);
 	st->defer = 1;
-	classify(st, half, entry);
+	classify(st, half, entry, c);
 	st->defer = 0;
 	if (st->reject || st->ncounted > BPFIPT_XDP_MAX_COUNTS)
 		return 0;
