@@ -18,17 +18,35 @@
 # The row `bpfipt ct elem` is the same element rounded to its kmalloc size class, what the
 # slab really gives it. A bpfipt that hands the table to the kernel is labelled
 # `bpfipt(kernel fallback)` and measured by the kernel's slab.
+# --profile: every rate round also runs `perf record -a -g -e cpu-clock`, and the table gets fw's
+# firewall CPU time per completed connection: the time under netfilter's hooks (nf_hook_slow,
+# with conntrack and every table below it) for legacy and nft, under bpfipt's programs (with
+# its conntrack and classification) for bpfipt. It resolves what conn/s cannot: the firewall
+# is a few percent of the CPU that the client and server stacks take on the same CPUs. Removing
+# entries is in neither (tables are flushed between rounds). Sampling slows that run's conn/s
+# alike for every backend; hooks and programs of other namespaces count too, so profile on an
+# otherwise quiet machine. Needs perf (Debian: linux-perf).
 #   compat-tests/bench/b4.sh [--backends none,legacy,nft,bpfipt] [--rounds 5] [--seconds 3]
-#                            [--hold 15000] [--quick] [--json F] [--plot F.png]
+#                            [--hold 15000] [--profile] [--quick] [--json F] [--plot F.png]
 set -uo pipefail
 BENCH=b4 TITLE="B4: connections through conntrack rules (conn/s: higher is better; bytes: lower)"
 SMOKE_RULES=2 DEFAULT_RULES=2 DEFAULT_BACKENDS=none,legacy,nft,bpfipt DEFAULT_DURATION=3
-HOLD=15000
-extra_opt() { [ "$1" = --hold ] && HOLD=$2 EXTRA_SHIFT=1; }
+HOLD=15000 PROFILE=0
+extra_opt() {
+    case "$1" in
+        --hold) HOLD=$2 EXTRA_SHIFT=1 ;;
+        --profile) PROFILE=1 EXTRA_SHIFT=0 ;;
+        *) return 1 ;;
+    esac
+}
 . "$(dirname "$0")/lib.sh"
 bench_init "$@"
 [ "$QUICK" = 1 ] && HOLD=$((HOLD < 5000 ? HOLD : 5000))
 [ "$SMOKE" = 1 ] && HOLD=200
+if [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null; then
+    echo "b4: --profile needs perf (apt-get install linux-perf)" >&2
+    exit 2
+fi
 
 # BPFIPT_B4_NO_SHORTCUT=1: a rule that never matches first (for every backend), so that bpfipt
 # classifies established packets instead of taking its accept-established shortcut.
@@ -67,11 +85,34 @@ server() {
     sleep 0.2
 }
 
-# rate B SECONDS [PORT]: prints "conns fails seconds".
+# rate B SECONDS [PORT [PERF_FILE]]: prints "conns fails seconds"; with PERF_FILE, under a
+# system-wide perf record written there.
 rate() {
-    in_ns "${SRC_OF[$1]}" taskset -c "$SEND_CPU" "$BIN/tcpconn" rate --dst 198.51.100.1 \
-        --port "${3:-80}" --src 192.0.2.1 --srcs 16 --threads 4 --seconds "$2" |
-        awk '{print $2, $4, $6}'
+    local pre=()
+    [ -n "${4:-}" ] && pre=(perf record -q -a -g -e cpu-clock -F 997 -o "$4" --)
+    "${pre[@]}" nsenter --net="/run/netns/${SRC_OF[$1]}" taskset -c "$SEND_CPU" "$BIN/tcpconn" \
+        rate --dst 198.51.100.1 --port "${3:-80}" --src 192.0.2.1 --srcs 16 --threads 4 \
+        --seconds "$2" | awk '{print $2, $4, $6}'
+}
+
+# fw_us_per_conn PERF_FILE CONNS: microseconds of CPU under the firewall's entry points (their
+# "children" share of the sampled cpu-clock time, whose periods are nanoseconds) per connection.
+fw_us_per_conn() {
+    perf report -i "$1" --children --sort sym -g none --stdio 2>/dev/null | "$PY" -c '
+import re, sys
+conns, total, share = float(sys.argv[1]), None, 0.0
+for line in sys.stdin:
+    m = re.match(r"# Event count \(approx\.\): (\d+)", line)
+    if m:
+        total = int(m.group(1))
+        continue
+    m = re.match(r"\s*([\d.]+)%\s+[\d.]+%\s+\[k\] (\S+)\s*$", line)
+    if m and re.fullmatch(r"nf_hook_slow|bpf_prog_[0-9a-f]+_bpfipt_\w+", m.group(2)):
+        share += float(m.group(1)) / 100
+if total is None or conns <= 0:
+    sys.exit(1)
+print(share * total / 1e3 / conns)
+' "$2"
 }
 
 # flush_ct B: empties fw's table: the kernel's, and bpfipt's own when it tracks in eBPF.
@@ -146,9 +187,19 @@ for r in $(seq 1 "$ROUNDS"); do
     for b in "${live[@]}"; do
         progress "connection rate, round $r/$ROUNDS: ${LABEL[$b]}"
         flush_ct "$b"
-        read -r ok fails secs < <(rate "$b" "$DURATION")
+        pf=""
+        [ "$PROFILE" = 1 ] && [ "$b" != none ] && pf="$WORK/perf.$b.$r"
+        read -r ok fails secs < <(rate "$b" "$DURATION" 80 "$pf")
         [ -n "${ok:-}" ] || continue
         sample "new conn/s" "${LABEL[$b]}" 2 "$("$PY" -c "print($ok / $secs)")"
+        if [ -n "$pf" ]; then
+            if us=$(fw_us_per_conn "$pf" "$ok"); then
+                sample "fw firewall us/conn" "${LABEL[$b]}" 2 "$us"
+            else
+                note "${LABEL[$b]} round $r: no profile ($pf)"
+            fi
+            rm -f "$pf"
+        fi
         [ "$fails" -le $((ok / 100)) ] ||
             note "${LABEL[$b]} round $r: $fails connections failed ($ok completed)"
     done
