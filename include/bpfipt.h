@@ -212,6 +212,15 @@ struct bpfipt_local_val {
 	__u32 kind;
 };
 
+/* local4f, entry 0: which /32 addresses local4x may hold. Bit bpfipt_local_hash(address) is
+ * set when one of them hashes there; a clear bit spares a packet the hash lookup (nearly
+ * every forwarded packet: a host has a few local addresses). Host-order hash, Fibonacci. */
+#define BPFIPT_LOCAL_FILTER_BITS 12
+#define BPFIPT_LOCAL_HASH_MUL 0x9E3779B1u
+struct bpfipt_local_filter {
+	__u64 bits[(1 << BPFIPT_LOCAL_FILTER_BITS) / 64];
+};
+
 /* One match of a rule. Ports and addresses in host order. */
 struct bpfipt_match {
 	__u8 kind;

@@ -450,17 +450,8 @@ static long classify_step(__u32 idx, void *ctx)
 			finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
 			return 1;
 		}
-		if (c->direct && st->depth == 0) {
-			/* A hook's chain of a few rules that stay in it: no index lookups (trie,
-			 * lists) and no second read of the record for the policy. */
-			st->ndirect = c->ndirect;
-			st->dtail = c->tail_slot;
-			st->dpolicy = c->policy;
-			__builtin_memcpy(st->dslot, c->direct_slot, sizeof(st->dslot));
-			st->dpos = 0;
-			st->phase = PHASE_DIRECT;
-			return 0;
-		}
+		/* Never a direct chain: classify() starts those (compile makes only hook chains
+		 * direct, and a direct chain never jumps, so no RETURN comes back to one). */
 		setup_chain(st, c);
 		st->phase = PHASE_SCAN;
 		return 0;

@@ -96,6 +96,13 @@ struct {
 	__type(value, struct bpfipt_local_val);
 } local4x SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfipt_local_filter);
+} local4f SEC(".maps");
+
 /* Entry 0: how many local4 entries are shorter than /32 outside 127.0.0.0/8 (lo's own /8
  * is tested by address); 0: local4x alone decides for other addresses. */
 struct {

@@ -73,16 +73,22 @@ static __always_inline struct bpfipt_config *get_config(void)
 static __always_inline __u32 local_kind(__be32 daddr)
 {
 	struct bpfipt_local_key k = { .prefixlen = 32 };
+	struct bpfipt_local_filter *f;
 	struct bpfipt_local_val *v;
-	__u32 a = bpf_ntohl(daddr), zero = 0, *wide;
+	__u32 a = bpf_ntohl(daddr), zero = 0, *wide, h;
 
 	if (a == 0xffffffffu || (a >> 28) == 0xe)
 		return BPFIPT_LOCAL_BROADCAST;
 	/* A /32 is the longest match there is; shorter local routes are rare (lo's 127/8,
-	 * AnyIP routes), so the trie is asked only when one could cover daddr. */
-	v = bpf_map_lookup_elem(&local4x, &daddr);
-	if (v)
-		return v->kind;
+	 * AnyIP routes), so the trie is asked only when one could cover daddr. The filter (an
+	 * inlined array lookup) answers most packets without local4x's hash lookup. */
+	h = (a * BPFIPT_LOCAL_HASH_MUL) >> (32 - BPFIPT_LOCAL_FILTER_BITS);
+	f = bpf_map_lookup_elem(&local4f, &zero);
+	if (!f || ((f->bits[h >> 6] >> (h & 63)) & 1)) {
+		v = bpf_map_lookup_elem(&local4x, &daddr);
+		if (v)
+			return v->kind;
+	}
 	wide = bpf_map_lookup_elem(&local4_wide, &zero);
 	if ((a >> 24) != 127 && wide && *wide == 0)
 		return 0;

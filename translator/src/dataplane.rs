@@ -33,7 +33,7 @@ use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::compile::{Change, Image};
-use crate::layout::{self, Config, Counter, Ifname, LocalKey, LocalVal, Pod, Reason};
+use crate::layout::{self, Config, Counter, Ifname, LocalFilter, LocalKey, LocalVal, Pod, Reason};
 use crate::sys;
 
 /// The compiled datapath (ebpf/bpfipt.c), built by build.rs with clang-19.
@@ -156,6 +156,7 @@ struct Maps {
     ifnames: OwnedFd,
     local4: OwnedFd,
     local4x: OwnedFd,
+    local4f: OwnedFd,
     local4_wide: OwnedFd,
     stats: OwnedFd,
 }
@@ -170,6 +171,8 @@ pub struct Dataplane {
     pub limits: Limits,
     /// The local routes shorter than /32 outside 127.0.0.0/8 (their number is `local4_wide`).
     wide_locals: std::sync::Mutex<std::collections::BTreeSet<([u8; 4], u8)>>,
+    /// The /32 addresses of local4x (their filter is local4f).
+    exact_locals: std::sync::Mutex<std::collections::BTreeSet<[u8; 4]>>,
 }
 
 /// The counters map, mapped into this process: one stripe of `stride` slots per possible CPU
@@ -334,6 +337,7 @@ impl Dataplane {
             ifnames: map_fd(&ebpf, "ifnames")?,
             local4: map_fd(&ebpf, "local4")?,
             local4x: map_fd(&ebpf, "local4x")?,
+            local4f: map_fd(&ebpf, "local4f")?,
             local4_wide: map_fd(&ebpf, "local4_wide")?,
             stats: map_fd(&ebpf, "stats")?,
         };
@@ -351,6 +355,7 @@ impl Dataplane {
             stripes,
             limits,
             wide_locals: Default::default(),
+            exact_locals: Default::default(),
         };
         dp.set_config(&Config {
             gen: 0,
@@ -653,18 +658,40 @@ impl Dataplane {
         if plen != 32 {
             return Ok(());
         }
+        // The filter's bit is set before the address is added and cleared after it goes: a
+        // packet never misses an address local4x holds.
+        let mut set = self.exact_locals.lock().unwrap_or_else(|e| e.into_inner());
         match kind {
-            Some(kind) => sys::map_update(
-                &self.maps.local4x,
-                &addr,
-                LocalVal { kind }.as_bytes(),
-                sys::BPF_ANY,
-            )
-            .map_err(sys_err("update local4x")),
-            None => sys::map_delete(&self.maps.local4x, &addr)
-                .map(|_| ())
-                .map_err(sys_err("delete local4x")),
+            Some(kind) => {
+                if set.insert(addr) {
+                    self.write_local_filter(&set)?;
+                }
+                sys::map_update(
+                    &self.maps.local4x,
+                    &addr,
+                    LocalVal { kind }.as_bytes(),
+                    sys::BPF_ANY,
+                )
+                .map_err(sys_err("update local4x"))
+            }
+            None => {
+                sys::map_delete(&self.maps.local4x, &addr).map_err(sys_err("delete local4x"))?;
+                if set.remove(&addr) {
+                    self.write_local_filter(&set)?;
+                }
+                Ok(())
+            }
         }
+    }
+
+    fn write_local_filter(&self, set: &std::collections::BTreeSet<[u8; 4]>) -> Result<(), Error> {
+        sys::map_update(
+            &self.maps.local4f,
+            &0u32.to_ne_bytes(),
+            LocalFilter::of(set).as_bytes(),
+            sys::BPF_ANY,
+        )
+        .map_err(sys_err("update local4f"))
     }
 
     fn set_local_trie(&self, k: &LocalKey, kind: Option<u32>) -> Result<(), Error> {

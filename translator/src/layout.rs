@@ -205,6 +205,37 @@ pub struct LocalVal {
     pub kind: u32,
 }
 
+/// `BPFIPT_LOCAL_FILTER_BITS`
+pub const LOCAL_FILTER_BITS: u32 = 12;
+/// `BPFIPT_LOCAL_HASH_MUL`
+pub const LOCAL_HASH_MUL: u32 = 0x9E37_79B1;
+
+/// `struct bpfipt_local_filter`: local4f's one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct LocalFilter {
+    pub bits: [u64; (1 << LOCAL_FILTER_BITS) / 64],
+}
+
+impl LocalFilter {
+    /// The filter of these /32 addresses.
+    pub fn of<'a>(addrs: impl IntoIterator<Item = &'a [u8; 4]>) -> Self {
+        let mut f = LocalFilter {
+            bits: [0; (1 << LOCAL_FILTER_BITS) / 64],
+        };
+        for a in addrs {
+            let h = local_hash(*a) as usize;
+            f.bits[h / 64] |= 1 << (h % 64);
+        }
+        f
+    }
+}
+
+/// The bit of `addr` (network order bytes) in a LocalFilter, as verdict.h local_kind.
+pub fn local_hash(addr: [u8; 4]) -> u32 {
+    u32::from_be_bytes(addr).wrapping_mul(LOCAL_HASH_MUL) >> (32 - LOCAL_FILTER_BITS)
+}
+
 /// `struct bpfipt_match`: kind, inv, flags, count, then a 48-byte union (host order).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[repr(C)]
@@ -356,6 +387,7 @@ unsafe impl Pod for AddrVal {}
 unsafe impl Pod for Ifname {}
 unsafe impl Pod for LocalKey {}
 unsafe impl Pod for LocalVal {}
+unsafe impl Pod for LocalFilter {}
 unsafe impl Pod for RuleRec {}
 unsafe impl Pod for Counter {}
 unsafe impl Pod for XdpDev {}
@@ -493,6 +525,7 @@ pub(crate) mod alignchecker {
         check!(b, "bpfipt_ifname", Ifname, [name, hash]);
         check!(b, "bpfipt_local_key", LocalKey, [prefixlen, addr]);
         check!(b, "bpfipt_local_val", LocalVal, [kind]);
+        check!(b, "bpfipt_local_filter", LocalFilter, [bits]);
         check!(b, "bpfipt_match", MatchRec, [kind, inv, flags, count, u]);
         check!(
             b,

@@ -1114,4 +1114,39 @@ fn input_sees_exactly_the_local_destinations() {
     assert_eq!(ingress("10.1.2.3"), 0, "the /8 removed");
     dp.set_local([192, 0, 2, 254], 32, None).unwrap();
     assert_eq!(ingress("192.0.2.254"), 0, "the address removed");
+
+    // local4f, the filter before the exact lookup: two addresses that share its bit stay
+    // local each until removed, and a third with that bit is still not local.
+    use translator::layout::local_hash;
+    let a = [198, 51, 100, 7];
+    let mut same = (0x0a00_0000u32..)
+        .map(u32::to_be_bytes)
+        .filter(|b| local_hash(*b) == local_hash(a));
+    let (twin, third) = (same.next().unwrap(), same.next().unwrap());
+    let s = |b: [u8; 4]| std::net::Ipv4Addr::from(b).to_string();
+    assert_eq!(ingress(&s(a)), 0);
+    dp.set_local(a, 32, Some(LOCAL_UNICAST)).unwrap();
+    dp.set_local(twin, 32, Some(LOCAL_UNICAST)).unwrap();
+    assert_eq!(ingress(&s(a)), 2, "{} is local", s(a));
+    assert_eq!(ingress(&s(twin)), 2, "{} is local", s(twin));
+    assert_eq!(
+        ingress(&s(third)),
+        0,
+        "{} shares the bit, not local",
+        s(third)
+    );
+    dp.set_local(a, 32, None).unwrap();
+    assert_eq!(ingress(&s(a)), 0, "{} removed", s(a));
+    assert_eq!(ingress(&s(twin)), 2, "{} still local", s(twin));
+    // Many addresses: each is found.
+    let many: Vec<[u8; 4]> = (0..50u32)
+        .map(|i| [172, 16, (i % 7) as u8, i as u8])
+        .collect();
+    for b in &many {
+        dp.set_local(*b, 32, Some(LOCAL_UNICAST)).unwrap();
+    }
+    for b in &many {
+        assert_eq!(ingress(&s(*b)), 2, "{} is local", s(*b));
+    }
+    assert_eq!(ingress("172.16.9.9"), 0);
 }
