@@ -1199,10 +1199,14 @@ pub fn compile(
             }
         };
         let old = asg.chains.get(&c.name);
-        let has_ports = cr
-            .placed
-            .iter()
-            .any(|p| matches!(p.anchor, Anchor::Ports(..)));
+        // New port classes renumber the lists of port anchors, the old version's too: its
+        // lists cannot be found to be removed under the new numbers, so rebuild.
+        let anchors_ports = |cr: &ChainRules| {
+            cr.placed
+                .iter()
+                .any(|p| matches!(p.anchor, Anchor::Ports(..)))
+        };
+        let has_ports = anchors_ports(&cr) || old.is_some_and(|o| anchors_ports(&o.rules));
         let index = match old {
             Some(o) if Arc::ptr_eq(&o.rules, &cr) && !(bounds_changed && has_ports) => {
                 o.index.clone()
@@ -1946,6 +1950,46 @@ mod tests {
         let (img2, _) = compile(&rs(&tuples), &asg).unwrap();
         assert_eq!(port_changes(&img2, &img1), 100 + 1);
         assert_eq!(img2.ports, img0.ports);
+    }
+
+    /// A chain that loses its last port rule while the port classes change (here through
+    /// that very rule) keeps no list of the old classes: found by difftest (seed 7, ruleset
+    /// 28 after 27), where a stale sport list let a packet meet a removed ACCEPT rule.
+    #[test]
+    fn a_chain_left_without_port_rules_drops_its_port_lists() {
+        let t = |proto, sport| gen::Tuple {
+            src: (0, 0),
+            dst: (0, 0),
+            proto,
+            sport,
+            dport: (0, 65535),
+            accept: true,
+        };
+        let rs = |t: &[gen::Tuple]| gen::ruleset(Hook::Forward, t, Verdict::Drop);
+        let (img0, asg) = compile(
+            &rs(&[t(6, (1025, 32767)), t(17, (0, 65535))]),
+            &SlotAssignment::default(),
+        )
+        .unwrap();
+        let sport_lists = |img: &Image| {
+            img.chains[&layout::CHAIN_FORWARD]
+                .index
+                .lists
+                .keys()
+                .filter(|k| k.field == Field::Sport as u8)
+                .count()
+        };
+        assert!(
+            sport_lists(&img0) > 0,
+            "the port rule is listed by its sport"
+        );
+        let (img1, asg) = compile(&rs(&[t(17, (0, 65535))]), &asg).unwrap();
+        let c = &img1.chains[&layout::CHAIN_FORWARD];
+        assert_eq!(
+            *c.index,
+            build_index(layout::CHAIN_FORWARD, &c.rules, &asg.classes)
+        );
+        assert_eq!(sport_lists(&img1), 0);
     }
 
     #[test]
