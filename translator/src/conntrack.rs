@@ -393,6 +393,13 @@ pub struct Flow {
     pub tcp_state: u8,
 }
 
+/// TCP states (include/bpfipt_ct.h enum bpfipt_tcp_state, the kernel's enum tcp_conntrack):
+/// the ones named in code here; TCP_STATE_NAMES is indexed by them.
+pub mod tcp_state {
+    pub const FIN_WAIT: u8 = 4;
+    pub const CLOSE: u8 = 8;
+}
+
 const TCP_STATE_NAMES: [&str; 10] = [
     "NONE",
     "SYN_SENT",
@@ -425,7 +432,9 @@ impl Flow {
     /// gc_worker_can_early_drop: not assured, or a TCP connection that is closing
     /// (tcp_can_early_drop: FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE).
     pub fn can_early_drop(&self) -> bool {
-        self.status & status::ASSURED == 0 || (self.proto == 6 && (4..=8).contains(&self.tcp_state))
+        // FIN_WAIT up to CLOSE: CLOSE_WAIT, LAST_ACK and TIME_WAIT lie between.
+        let closing = tcp_state::FIN_WAIT..=tcp_state::CLOSE;
+        self.status & status::ASSURED == 0 || (self.proto == 6 && closing.contains(&self.tcp_state))
     }
 
     pub fn parse(key: &[u8], v: &[u8]) -> Flow {
@@ -825,6 +834,12 @@ pub fn gc_loop(period: std::time::Duration, stop: &std::sync::atomic::AtomicBool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_state_constants_name_their_states() {
+        assert_eq!(TCP_STATE_NAMES[tcp_state::FIN_WAIT as usize], "FIN_WAIT");
+        assert_eq!(TCP_STATE_NAMES[tcp_state::CLOSE as usize], "CLOSE");
+    }
 
     #[test]
     fn config_round_trip_and_names() {
