@@ -210,4 +210,20 @@ struct {
 	__type(value, struct state);
 } scratch SEC(".maps");
 
+/* The IPv4 pseudo-header's part of a TCP or UDP checksum (RFC 768, 793): its 16-bit words
+ * summed as they lie in memory (a one's-complement sum is byte-order free), unfolded. */
+static __always_inline __u32 csum_pseudo4(__be32 saddr, __be32 daddr, __u8 proto, __u16 len)
+{
+	return (saddr & 0xffff) + (saddr >> 16) + (daddr & 0xffff) + (daddr >> 16) +
+	       bpf_htons((__u16)proto) + bpf_htons(len);
+}
+
+/* A 32-bit one's-complement sum folded to 16 bits (twice: the first leaves at most 0x1fffe):
+ * 0xffff for data whose checksum is right. */
+static __always_inline __u32 csum_fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	return (s & 0xffff) + (s >> 16);
+}
+
 #endif

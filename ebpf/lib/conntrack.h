@@ -986,7 +986,6 @@ __noinline int ct_csum_bad(struct __sk_buff *skb, const struct pkt *p)
 	struct ct_csum_walk w = {};
 	__u8 f[2];
 	__u16 field;
-	__u64 s;
 
 	if (!skb || !p)
 		return 0;
@@ -1005,32 +1004,18 @@ __noinline int ct_csum_bad(struct __sk_buff *skb, const struct pkt *p)
 		field = ((__u16)f[0] << 8) | f[1];
 		if (p->proto == IPPROTO_UDP && field == 0)
 			return 0;	/* no checksum */
-		/* The pseudo-header, summed as the bytes lie in memory. */
-		ph = bpf_htonl(((__u32)p->proto << 16) | p->l4len);
-		s = (__u64)p->saddr + p->daddr + ph;
-		s = (s & 0xffffffff) + (s >> 32);
-		s = (s & 0xffffffff) + (s >> 32);
-		{
-			__u32 t = (__u32)(s & 0xffff) + (__u32)(s >> 16);
-
-			t = (t & 0xffff) + (t >> 16);
-			t = (t & 0xffff) + (t >> 16);
-			/* the folded sum as it lies in memory, read in network order */
-			if (field == bpf_ntohs((__u16)t))
-				return 0;	/* CHECKSUM_PARTIAL */
-		}
-		w.sum = (__u32)s;
+		ph = csum_pseudo4(p->saddr, p->daddr, p->proto, p->l4len);
+		/* the folded sum as it lies in memory, read in network order */
+		if (field == bpf_ntohs((__u16)csum_fold(ph)))
+			return 0;	/* CHECKSUM_PARTIAL */
+		w.sum = ph;
 	} else if (p->proto != IPPROTO_ICMP) {
 		return 0;
 	}
 	bpf_loop(65536 / CT_CSUM_CHUNK + 1, ct_csum_step, &w, 0);
 	if (w.sum < 0 || w.off != w.end)
 		return 0;
-	s = (__u64)w.sum;
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	return s != 0xffff;
+	return csum_fold((__u32)w.sum) != 0xffff;
 }
 
 /* Tracks the packet: fills the ct_pkt a rule sees. Returns 0, or -1 when the packet must

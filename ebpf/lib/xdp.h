@@ -119,9 +119,7 @@ static __always_inline int ip_csum_ok(struct iphdr *ip)
 #pragma unroll
 	for (int i = 0; i < 10; i++)
 		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return sum == 0xffff;
+	return csum_fold(sum) == 0xffff;
 }
 
 /* Addresses ip_route_input_slow treats as martians or multicast: left to the stack. */
@@ -152,9 +150,7 @@ static __always_inline int l4_csum_ok(struct xdp_md *ctx, const struct pkt *p)
 	}
 	if (n > XDP_CSUM_MAX)
 		return 0;
-	/* The pseudo-header, as the words lie in memory (the sum is byte-order free). */
-	sum = (p->saddr & 0xffff) + (p->saddr >> 16) + (p->daddr & 0xffff) + (p->daddr >> 16) +
-	      bpf_htons((__u16)p->proto) + bpf_htons((__u16)n);
+	sum = csum_pseudo4(p->saddr, p->daddr, p->proto, n);
 	for (__u32 i = 0; i < XDP_CSUM_MAX / 2; i++) {
 		__u16 *w = (__u16 *)(l4 + 2 * i);
 
@@ -172,9 +168,7 @@ static __always_inline int l4_csum_ok(struct xdp_md *ctx, const struct pkt *p)
 		/* The last byte, padded with a zero byte after it. */
 		sum += *b;
 	}
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return sum == 0xffff;
+	return csum_fold(sum) == 0xffff;
 }
 
 static __always_inline int xdp_input(struct xdp_md *ctx, struct state *st, __u32 half)
