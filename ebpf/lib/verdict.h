@@ -99,7 +99,8 @@ static __always_inline __u32 local_kind(__be32 daddr)
 
 /* For a forwarded packet at ingress, whether daddr is local, read from the IPv4 header
  * alone: -1 when the full parse must decide (not IPv4, header not in the linear data,
- * malformed, or an L4 header parse_ipv4 would pull), else local_kind. parse_ipv4 then
+ * malformed: parse_ipv4's header checks, or an L4 header parse_ipv4 would pull), else
+ * local_kind. parse_ipv4 then
  * finds nothing to report, so a non-local packet passes with the same reason, untouched. */
 static __always_inline int local_kind_fast(struct __sk_buff *skb)
 {
@@ -116,8 +117,8 @@ static __always_inline int local_kind_fast(struct __sk_buff *skb)
 	ihl = ip->ihl * 4;
 	if (tot < ihl || tot > skb->len - ETH_HLEN_)
 		return -1;
-	if (!(bpf_ntohs(ip->frag_off) & IP_OFFSET_) && tot - ihl >= 4 &&
-	    data + ETH_HLEN_ + ihl + 4 > end)
+	if (ipv4_l4_outside(bpf_ntohs(ip->frag_off) & IP_OFFSET_, tot - ihl,
+			    data + ETH_HLEN_ + ihl, end))
 		return -1;
 	return local_kind(ip->daddr);
 }
