@@ -212,9 +212,10 @@ struct bpfipt_local_val {
 	__u32 kind;
 };
 
-/* local4f, entry 0: which /32 addresses local4x may hold. Bit bpfipt_local_hash(address) is
- * set when one of them hashes there; a clear bit spares a packet the hash lookup (nearly
- * every forwarded packet: a host has a few local addresses). Host-order hash, Fibonacci. */
+/* local4f, entry 0: which /32 addresses local4x may hold. Bit h of an address is set when one
+ * of them hashes there, h = (host-order address * BPFIPT_LOCAL_HASH_MUL) >> (32 - BITS)
+ * (verdict.h local_kind, layout.rs local_hash); a clear bit spares a packet the hash lookup
+ * (nearly every forwarded packet: a host has a few local addresses). */
 #define BPFIPT_LOCAL_FILTER_BITS 12
 #define BPFIPT_LOCAL_HASH_MUL 0x9E3779B1u
 struct bpfipt_local_filter {

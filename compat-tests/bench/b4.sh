@@ -86,7 +86,8 @@ server() {
 }
 
 # rate B SECONDS [PORT [PERF_FILE]]: prints "conns fails seconds"; with PERF_FILE, under a
-# system-wide perf record written there.
+# system-wide perf record written there (in_ns written out: perf runs a program, not a
+# shell function).
 rate() {
     local pre=()
     [ -n "${4:-}" ] && pre=(perf record -q -a -g -e cpu-clock -F 997 -o "$4" --)

@@ -100,8 +100,8 @@ static __always_inline __u32 local_kind(__be32 daddr)
 /* For a forwarded packet at ingress, whether daddr is local, read from the IPv4 header
  * alone: -1 when the full parse must decide (not IPv4, header not in the linear data,
  * malformed: parse_ipv4's header checks, or an L4 header parse_ipv4 would pull), else
- * local_kind. parse_ipv4 then
- * finds nothing to report, so a non-local packet passes with the same reason, untouched. */
+ * local_kind. parse_ipv4 then finds nothing to report, so a non-local packet passes with
+ * the same reason, untouched. */
 static __always_inline int local_kind_fast(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
