@@ -191,7 +191,7 @@ struct state {
 	__u32 done;
 	__u32 defer;	/* XDP: slots to count go to counted[] until the verdict is sure */
 	__u32 ncounted;
-	__u32 pad2;
+	__s32 lkind;	/* ingress: local_kind_fast's answer, -1 when the parse must decide */
 	__u32 counted[BPFIPT_XDP_MAX_COUNTS];
 	/* A direct chain (PHASE_DIRECT): its slots, tail slot and policy, read once. */
 	__u32 ndirect;

@@ -178,25 +178,27 @@ static __always_inline int hook_begin(struct __sk_buff *skb, struct bpfipt_confi
 static __always_inline int hook_ingress(struct __sk_buff *skb)
 {
 	struct bpfipt_config *cfg = get_config();
-	struct state *st;
-	int r, ct;
+	struct state *st = get_state();
+	int r, ct, kind;
 
 	if (xdp_classified(skb)) {
 		count_reason(BPFIPT_R_XDP_INPUT_DONE);
 		return TC_ACT_OK;
 	}
-	if (!cfg)
+	if (!cfg || !st)
 		return TC_ACT_OK;
-	/* A forwarded packet is decided before the parse into the scratch state. (A local
-	 * one looks its address up twice: the kind kept across the parse cost the verifier
-	 * a third more states.) */
-	if (!cfg->fallback && local_kind_fast(skb) == 0) {
+	/* A forwarded packet is decided before the parse into the scratch state. A local one
+	 * keeps the answer in the scratch state for after the parse, not in a register: kept
+	 * in a register across the parse, it cost the verifier a third more states. */
+	kind = cfg->fallback ? -1 : local_kind_fast(skb);
+	if (kind == 0) {
 		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
 		return TC_ACT_OK;
 	}
+	st->lkind = kind;
 	if (!hook_begin(skb, &cfg, &st))
 		return TC_ACT_OK;
-	if (!local_kind(st->p.daddr)) {
+	if (st->lkind < 0 && !local_kind(st->p.daddr)) {
 		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
 		return TC_ACT_OK;
 	}
