@@ -325,7 +325,8 @@ static __always_inline int match_one(const struct bpfipt_match *m, const struct 
 }
 
 /* The whole rule: M_YES, M_NO or M_HOTDROP. */
-static __always_inline int rule_match(const struct bpfipt_rule *r, const struct pkt *p)
+__noinline int rule_match(const struct bpfipt_rule *r __arg_nonnull,
+			  const struct pkt *p __arg_nonnull)
 {
 	if (!ip_match(r, p))
 		return M_NO;
@@ -431,18 +432,6 @@ static long classify_step(__u32 idx, void *ctx)
 		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
 		return 1;
 	}
-	if (st->phase == PHASE_DIRECT) {
-		/* A direct chain: its rules in order from the slots read once, then its policy. */
-		__u32 i = st->dpos;
-
-		if (i >= st->ndirect || i >= BPFIPT_DIRECT_MAX) {
-			policy_verdict(st, st->dtail, st->dpolicy);
-			return 1;
-		}
-		slot = st->dslot[i];
-		st->dpos = i + 1;
-		goto evaluate;
-	}
 	cidx = st->half * BPFIPT_MAX_CHAINS + st->chain;
 	if (st->phase == PHASE_SETUP) {
 		c = bpf_map_lookup_elem(&chains, &cidx);
@@ -450,8 +439,8 @@ static long classify_step(__u32 idx, void *ctx)
 			finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
 			return 1;
 		}
-		/* Never a direct chain: classify() starts those (compile makes only hook chains
-		 * direct, and a direct chain never jumps, so no RETURN comes back to one). */
+		/* Never a direct chain: classify_direct runs those (compile makes only hook
+		 * chains direct, and a direct chain never jumps, so no RETURN comes back to one). */
 		setup_chain(st, c);
 		st->phase = PHASE_SCAN;
 		return 0;
@@ -497,10 +486,7 @@ static long classify_step(__u32 idx, void *ctx)
 	advance(st, best);
 	if (bprio <= st->resume)
 		return 0;
-	/* kept in st, not a register, so the direct path joins here in a state the verifier
-	 * has seen (rule_match is explored once) */
 	st->prio = bprio;
-evaluate:
 	r = bpf_map_lookup_elem(&rules, &slot);
 	if (!r) {
 		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
@@ -516,11 +502,6 @@ evaluate:
 	st_count(st, slot);
 	if (chain_target(st, r))
 		return st->done ? 1 : 0;
-	if (st->phase == PHASE_DIRECT) {
-		/* compile makes only chains whose rules stay in them direct */
-		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
-		return 1;
-	}
 	switch (r->target) {
 	case BPFIPT_T_RETURN:
 		do_return(st);
@@ -550,31 +531,63 @@ evaluate:
 	return 1;
 }
 
-/* Classifies st->p through the table from chain `entry`; st->verdict is the outcome. */
+/* A direct chain (compile: a hook chain of at most BPFIPT_DIRECT_MAX rules whose targets
+ * all stay in it): its rules in order, then its policy, without the candidate lists. */
+static __always_inline void classify_direct(struct state *st, const struct bpfipt_chain *c)
+{
+	for (__u32 i = 0; i < BPFIPT_DIRECT_MAX; i++) {
+		__u32 slot;
+		struct bpfipt_rule *r;
+		int m;
+
+		if (i >= c->ndirect)
+			break;
+		slot = c->direct_slot[i];
+		r = bpf_map_lookup_elem(&rules, &slot);
+		if (!r) {
+			finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
+			return;
+		}
+		m = rule_match(r, &st->p);
+		if (m == M_NO)
+			continue;
+		if (m == M_HOTDROP) {
+			finish(st, TC_ACT_SHOT, BPFIPT_R_HOTDROP);
+			return;
+		}
+		st_count(st, slot);
+		if (!chain_target(st, r)) {
+			/* compile makes only chains whose rules stay in them direct */
+			finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
+			return;
+		}
+		if (st->done)
+			return;
+	}
+	policy_verdict(st, c->tail_slot, c->policy);
+}
+
+/* Classifies st->p through the table from chain `entry`, whose record the caller has read
+ * (c); st->verdict is the outcome. */
 static __always_inline void classify(struct state *st, __u32 half, __u32 entry,
 				     const struct bpfipt_chain *c)
 {
 	st->half = half;
 	st->chain = entry;
 	st->hook_chain = entry;
-	st->resume = 0;
-	st->depth = 0;
-	st->nheads = 0;
-	/* The hook's chain record, already read by the caller: a direct chain starts at its
-	 * first rule, without a setup step (classify_step's PHASE_SETUP). Without a branch:
-	 * two ways into bpf_loop made the verifier walk all that follows twice. */
-	st->ndirect = c->ndirect;
-	st->dtail = c->tail_slot;
-	st->dpolicy = c->policy;
-	__builtin_memcpy(st->dslot, c->direct_slot, sizeof(st->dslot));
-	st->dpos = 0;
-	st->phase = (__u32)(c->direct != 0) * PHASE_DIRECT;
 	st->done = 0;
 	st->reject = 0;
 	st->ncounted = 0;
+	if (c->direct) {
+		classify_direct(st, c);
+		return;
+	}
+	st->resume = 0;
+	st->depth = 0;
+	st->nheads = 0;
+	st->phase = PHASE_SETUP;
 	st->verdict = TC_ACT_SHOT;
 	st->reason = BPFIPT_R_LOOP_LIMIT;
-	/* One callback for both kinds of chain: rule_match is verified once per call site. */
 	bpf_loop(MAX_STEPS, classify_step, NULL, 0);
 }
 

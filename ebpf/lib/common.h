@@ -9,6 +9,14 @@
 #include <linux/ip.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
+
+#ifndef __noinline
+#define __noinline __attribute__((noinline))
+#endif
+/* A global function's pointer argument the verifier takes as never NULL (kernel 6.8+). */
+#ifndef __arg_nonnull
+#define __arg_nonnull __attribute__((btf_decl_tag("arg:nonnull")))
+#endif
 #include <bpf/bpf_endian.h>
 
 #include "bpfipt.h"
@@ -173,7 +181,7 @@ struct frame {
 	__u32 prio;
 };
 
-enum { PHASE_SETUP = 0, PHASE_SCAN = 1, PHASE_DIRECT = 2 };
+enum { PHASE_SETUP = 0, PHASE_SCAN = 1 };
 
 struct state {
 	struct pkt p;
@@ -193,12 +201,6 @@ struct state {
 	__u32 ncounted;
 	__s32 lkind;	/* ingress: local_kind_fast's answer, -1 when the parse must decide */
 	__u32 counted[BPFIPT_XDP_MAX_COUNTS];
-	/* A direct chain (PHASE_DIRECT): its slots, tail slot and policy, read once. */
-	__u32 ndirect;
-	__u32 dtail;
-	__u32 dpolicy;
-	__u32 dpos;	/* the next of dslot */
-	__u32 dslot[BPFIPT_DIRECT_MAX];
 	struct frame stack[BPFIPT_MAX_STACK];
 	struct head heads[BPFIPT_MAX_HEADS];
 };
