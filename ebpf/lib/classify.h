@@ -324,7 +324,9 @@ static __always_inline int match_one(const struct bpfipt_match *m, const struct 
 	return M_NO;
 }
 
-/* The whole rule: M_YES, M_NO or M_HOTDROP. */
+/* The whole rule: M_YES, M_NO or M_HOTDROP. A global function: the verifier checks it once, on
+ * its own, for any rule and packet, not again at each call site and caller state (inlined, it
+ * was most of what the verifier walked, and kept classify_direct out of the programs). */
 __noinline int rule_match(const struct bpfipt_rule *r __arg_nonnull,
 			  const struct pkt *p __arg_nonnull)
 {

@@ -9,6 +9,10 @@
 #include <linux/ip.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "bpfipt.h"
+#include "bpfipt_xdp.h"
 
 #ifndef __noinline
 #define __noinline __attribute__((noinline))
@@ -17,10 +21,6 @@
 #ifndef __arg_nonnull
 #define __arg_nonnull __attribute__((btf_decl_tag("arg:nonnull")))
 #endif
-#include <bpf/bpf_endian.h>
-
-#include "bpfipt.h"
-#include "bpfipt_xdp.h"
 
 /* Map sizes are placeholders: the loader sets them (EbpfLoader::set_max_entries). */
 struct {
