@@ -28,19 +28,10 @@ import struct
 import subprocess
 import sys
 
-SYS_BPF = 321  # x86_64
+from bpfsys import bpf
+
 BPF_OBJ_GET, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_BTF_GET_FD_BY_ID = 7, 13, 15, 19
 PROG_INFO_SIZE = 232
-libc = ctypes.CDLL(None, use_errno=True)
-
-
-def bpf(cmd, attr):
-    buf = ctypes.create_string_buffer(attr, 256)
-    fd = libc.syscall(SYS_BPF, cmd, buf, 256)
-    if fd < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"bpf command {cmd}: {os.strerror(e)}")
-    return fd
 
 
 def obj_info(fd, size, fields=()):
@@ -48,12 +39,13 @@ def obj_info(fd, size, fields=()):
     info = ctypes.create_string_buffer(size)
     for off, fmt, val in fields:
         struct.pack_into(fmt, info, off, val)
-    bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, size, ctypes.addressof(info)))
+    attr = struct.pack("<IIQ", fd, size, ctypes.addressof(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD")
     return info
 
 
 def btf_strings(btf_id):
-    fd = bpf(BPF_BTF_GET_FD_BY_ID, struct.pack("<I", btf_id))
+    fd = bpf(BPF_BTF_GET_FD_BY_ID, struct.pack("<I", btf_id), "BPF_BTF_GET_FD_BY_ID")
     size = struct.unpack_from("<I", obj_info(fd, 64), 8)[0]
     raw = ctypes.create_string_buffer(size)
     obj_info(fd, 64, [(0, "<Q", ctypes.addressof(raw)), (8, "<I", size)])
@@ -65,10 +57,10 @@ def btf_strings(btf_id):
 
 def snap(prog, out):
     if prog.isdigit():
-        fd = bpf(BPF_PROG_GET_FD_BY_ID, struct.pack("<I", int(prog)))
+        fd = bpf(BPF_PROG_GET_FD_BY_ID, struct.pack("<I", int(prog)), f"program id {prog}")
     else:
         path = ctypes.create_string_buffer(prog.encode())
-        fd = bpf(BPF_OBJ_GET, struct.pack("<QII", ctypes.addressof(path), 0, 0))
+        fd = bpf(BPF_OBJ_GET, struct.pack("<QII", ctypes.addressof(path), 0, 0), prog)
     # struct bpf_prog_info offsets (include/uapi/linux/bpf.h)
     first = obj_info(fd, PROG_INFO_SIZE)
     name = first.raw[64:80].split(b"\0")[0].decode()

@@ -5,16 +5,14 @@ its two programs. Backend `tc-empty` of the benchmarks: the cost of running any 
 those hooks, which no TC datapath can go below. The attachments (BPF_PROG_ATTACH, no link)
 belong to the interfaces and go with the namespace."""
 import ctypes
-import os
 import socket
 import struct
+
+from bpfsys import bpf
 
 BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_TCX_INGRESS, BPF_TCX_EGRESS = 46, 47
-SYS_BPF = 321  # x86_64
-
-libc = ctypes.CDLL(None, use_errno=True)
 
 
 def load():
@@ -24,20 +22,12 @@ def load():
     lic = ctypes.create_string_buffer(b"GPL")
     attr = struct.pack("<IIQQIIQII16s", BPF_PROG_TYPE_SCHED_CLS, 2, ctypes.addressof(code),
                        ctypes.addressof(lic), 0, 0, 0, 0, 0, b"tc_empty")
-    buf = ctypes.create_string_buffer(attr, 128)
-    fd = libc.syscall(SYS_BPF, BPF_PROG_LOAD, buf, 128)
-    if fd < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"BPF_PROG_LOAD: {os.strerror(e)}")
-    return fd
+    return bpf(BPF_PROG_LOAD, attr, "BPF_PROG_LOAD")
 
 
 def attach(fd, ifindex, hook):
     attr = struct.pack("<IIIIIIQ", ifindex, fd, hook, 0, 0, 0, 0)
-    buf = ctypes.create_string_buffer(attr, 128)
-    if libc.syscall(SYS_BPF, BPF_PROG_ATTACH, buf, 128) < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"BPF_PROG_ATTACH ifindex {ifindex}: {os.strerror(e)}")
+    bpf(BPF_PROG_ATTACH, attr, f"BPF_PROG_ATTACH ifindex {ifindex}")
 
 
 def main():
