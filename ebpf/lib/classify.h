@@ -421,6 +421,32 @@ static __always_inline void do_return(struct state *st)
 	st->phase = PHASE_SETUP;
 }
 
+/* The rule in `slot` for st->p: matched in full, then, when it matches, counted and its
+ * target taken if it stays in the chain (chain_target). Returns the rule when it matched and
+ * its target leaves the chain (RETURN, a jump, a goto), else NULL; st->done when the scan
+ * ended (a verdict, a hotdrop, a missing rule). */
+static __always_inline struct bpfipt_rule *evaluate(struct state *st, __u32 slot)
+{
+	struct bpfipt_rule *r = bpf_map_lookup_elem(&rules, &slot);
+	int m;
+
+	if (!r) {
+		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
+		return NULL;
+	}
+	m = rule_match(r, &st->p);
+	if (m == M_NO)
+		return NULL;
+	if (m == M_HOTDROP) {
+		finish(st, TC_ACT_SHOT, BPFIPT_R_HOTDROP);
+		return NULL;
+	}
+	st_count(st, slot);
+	if (chain_target(st, r))
+		return NULL;
+	return r;
+}
+
 /* One step of the classification: set a chain up, or evaluate one candidate. */
 static long classify_step(__u32 idx, void *ctx)
 {
@@ -428,7 +454,6 @@ static long classify_step(__u32 idx, void *ctx)
 	struct state *st = bpf_map_lookup_elem(&scratch, &zero);
 	struct bpfipt_chain *c;
 	struct bpfipt_rule *r;
-	int m;
 
 	if (!st)
 		return 1;
@@ -493,20 +518,8 @@ static long classify_step(__u32 idx, void *ctx)
 	if (bprio <= st->resume)
 		return 0;
 	st->prio = bprio;
-	r = bpf_map_lookup_elem(&rules, &slot);
-	if (!r) {
-		finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
-		return 1;
-	}
-	m = rule_match(r, &st->p);
-	if (m == M_NO)
-		return 0;
-	if (m == M_HOTDROP) {
-		finish(st, TC_ACT_SHOT, BPFIPT_R_HOTDROP);
-		return 1;
-	}
-	st_count(st, slot);
-	if (chain_target(st, r))
+	r = evaluate(st, slot);
+	if (!r)
 		return st->done ? 1 : 0;
 	switch (r->target) {
 	case BPFIPT_T_RETURN:
@@ -542,33 +555,18 @@ static long classify_step(__u32 idx, void *ctx)
 static __always_inline void classify_direct(struct state *st, const struct bpfipt_chain *c)
 {
 	for (__u32 i = 0; i < BPFIPT_DIRECT_MAX; i++) {
-		__u32 slot;
 		struct bpfipt_rule *r;
-		int m;
 
 		if (i >= c->ndirect)
 			break;
-		slot = c->direct_slot[i];
-		r = bpf_map_lookup_elem(&rules, &slot);
-		if (!r) {
-			finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
+		r = evaluate(st, c->direct_slot[i]);
+		if (st->done)
 			return;
-		}
-		m = rule_match(r, &st->p);
-		if (m == M_NO)
-			continue;
-		if (m == M_HOTDROP) {
-			finish(st, TC_ACT_SHOT, BPFIPT_R_HOTDROP);
-			return;
-		}
-		st_count(st, slot);
-		if (!chain_target(st, r)) {
+		if (r) {
 			/* compile makes only chains whose rules stay in them direct */
 			finish(st, TC_ACT_SHOT, BPFIPT_R_NO_STATE);
 			return;
 		}
-		if (st->done)
-			return;
 	}
 	policy_verdict(st, c->tail_slot, c->policy);
 }

@@ -150,17 +150,14 @@ static __always_inline int ct_end_if_on(struct __sk_buff *skb, int verdict, int 
 	return ct_end(skb, verdict, lo_out);
 }
 
-/* What both TC hooks do first: the config and the scratch state, the family's fallback, the
- * packet parsed into st->p. Returns 0 when the packet passes untouched (reason counted). */
-static __always_inline int hook_begin(struct __sk_buff *skb, struct bpfipt_config **cfgp,
-				      struct state **stp)
+/* What both TC hooks do after reading the config and the scratch state: the family's
+ * fallback, the packet parsed into st->p. Returns 0 when the packet passes untouched (reason
+ * counted). */
+static __always_inline int hook_begin(struct __sk_buff *skb, const struct bpfipt_config *cfg,
+				      struct state *st)
 {
-	struct bpfipt_config *cfg = get_config();
-	struct state *st = get_state();
 	int r;
 
-	if (!cfg || !st)
-		return 0;
 	if (cfg->fallback) {
 		count_reason(BPFIPT_R_PASS_FALLBACK);
 		return 0;
@@ -170,8 +167,6 @@ static __always_inline int hook_begin(struct __sk_buff *skb, struct bpfipt_confi
 		count_reason(r == PARSE_NOT_IPV4 ? BPFIPT_R_PASS_NOT_IPV4 : BPFIPT_R_MALFORMED);
 		return 0;
 	}
-	*cfgp = cfg;
-	*stp = st;
 	return 1;
 }
 
@@ -196,7 +191,7 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	st->lkind = kind;
-	if (!hook_begin(skb, &cfg, &st))
+	if (!hook_begin(skb, cfg, st))
 		return TC_ACT_OK;
 	if (st->lkind < 0 && !local_kind(st->p.daddr)) {
 		count_reason(BPFIPT_R_PASS_NOT_LOCAL);
@@ -232,12 +227,12 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 
 static __always_inline int hook_egress(struct __sk_buff *skb)
 {
-	struct bpfipt_config *cfg;
-	struct state *st;
+	struct bpfipt_config *cfg = get_config();
+	struct state *st = get_state();
 	__u32 entry, in_ifindex;
 	int r, reply, ct;
 
-	if (!hook_begin(skb, &cfg, &st))
+	if (!cfg || !st || !hook_begin(skb, cfg, st))
 		return TC_ACT_OK;
 	reply = skb->tc_index == BPFIPT_TC_INDEX_REPLY;
 	if (reply || skb->ingress_ifindex == 0) {
