@@ -100,6 +100,22 @@ done
 ns_del "$k"
 ns_del "$s"
 
+# --- an empty INPUT's policy is counted with and without a daemon ---------------------------
+# The LOCAL_IN hook counts it while the daemon runs (the ingress program is off);
+# `bpfipt daemon stop` first hands the count back to the TC programs, which outlive the daemon.
+topo3 cnt
+shim "$F" $IPT -A FORWARD -p tcp -j DROP
+ip netns exec "$C" ping -c 3 -i 0.2 -W 1 10.1.0.1 >/dev/null
+p=$(daemon_pid "$F")
+ip netns exec "$F" "$BPFIPT" daemon stop >/dev/null 2>&1
+for _ in $(seq 1 50); do [ -d /proc/$p ] || break; sleep 0.1; done
+check "bpfipt daemon stop ends the daemon" [ ! -d /proc/$p ]
+ip netns exec "$C" ping -c 4 -i 0.2 -W 1 10.1.0.1 >/dev/null
+n=$(shim "$F" $IPT -L INPUT -v -x -n | awk 'NR == 1 {print $5 "/" $7}')
+check "INPUT's policy counted 3 pings with the daemon and 4 after it stopped (got $n)" \
+    [ "$n" = 7/588 ]
+ns_del "$C"; ns_del "$F"; ns_del "$S"
+
 # --- the daemon does not keep a deleted namespace alive --------------------------------------
 ns=$(ns_new life)
 shim "$ns" $IPT -A INPUT -j ACCEPT

@@ -123,6 +123,10 @@ struct bpfipt_config {
 	__u32 fallback;	/* non-zero: the kernel enforces the family, pass everything */
 	__u32 default_ttl;	/* net.ipv4.ip_default_ttl, for REJECT replies (0: 64) */
 	__u32 lo_ifindex;	/* where replies to local addresses go (0: 1) */
+	/* Non-zero: the policy of an INPUT chain that is skipped (empty, policy ACCEPT) is
+	 * counted by the LOCAL_IN netfilter hook program (translator nfhook.rs), not by the TC
+	 * or XDP programs. */
+	__u32 input_by_nf;
 };
 
 /* chains: ARRAY [2 * BPFIPT_MAX_CHAINS], index half * BPFIPT_MAX_CHAINS + chain. */

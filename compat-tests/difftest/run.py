@@ -700,6 +700,21 @@ def cmd_counters(args):
         side.iptables("iptables-legacy", "-w", "30", "-Z", "FORWARD")
         side.iptables("iptables-legacy", "-w", "30", "-Z", "INPUT", "2")
     compare("after -Z FORWARD and -Z INPUT 2")
+    # An empty INPUT with policy ACCEPT: bpfipt counts that policy at the LOCAL_IN hook and
+    # takes its ingress program off; one rule in INPUT brings the program back.
+    for cmd in (["-F", "INPUT"], ["-P", "INPUT", "ACCEPT"], ["-Z", "INPUT"]):
+        for side in (k, s):
+            side.iptables("iptables-legacy", "-w", "30", *cmd)
+    traffic()
+    outs = compare("after -F INPUT, -P INPUT ACCEPT and traffic")
+    if ":INPUT ACCEPT [0:0]" in outs["kernel"]["iptables-legacy-save -c"]:
+        print("counters: HARNESS ERROR: the empty INPUT's policy counted nothing on the kernel "
+              "side")
+        return 2
+    for side in (k, s):
+        side.iptables("iptables-legacy", "-w", "30", "-A", "INPUT", "-p", "udp", "-j", "ACCEPT")
+    traffic()
+    compare("after -A INPUT -p udp -j ACCEPT and traffic")
     print("counters: %d agree of %d" % (ok, total))
     return 0 if ok == total else 1
 

@@ -67,7 +67,7 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 /* Classifies st->p through `entry` with deferred counts. Returns 1 when XDP can act on the
  * verdict (st->verdict, TC_ACT_OK or TC_ACT_SHOT), 0 when TC must do it all again. */
 static __always_inline int xdp_classify(struct state *st, __u32 half, __u32 entry, __u32 in_dev,
-					__u32 out_dev)
+					__u32 out_dev, int count_skipped)
 {
 	__u32 idx = half * BPFIPT_MAX_CHAINS + entry;
 	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
@@ -78,7 +78,7 @@ static __always_inline int xdp_classify(struct state *st, __u32 half, __u32 entr
 	if (c->skip) {
 		/* Empty with policy ACCEPT: the policy counts it (as run_hook does). */
 		st->counted[0] = c->tail_slot;
-		st->ncounted = 1;
+		st->ncounted = count_skipped ? 1 : 0;
 		st->reason = BPFIPT_R_PASS_SKIPPED_CHAIN;
 		st->verdict = TC_ACT_OK;
 		return 1;
@@ -171,14 +171,15 @@ static __always_inline int l4_csum_ok(struct xdp_md *ctx, const struct pkt *p)
 	return csum_fold(sum) == 0xffff;
 }
 
-static __always_inline int xdp_input(struct xdp_md *ctx, struct state *st, __u32 half)
+static __always_inline int xdp_input(struct xdp_md *ctx, struct state *st, __u32 half,
+				     int count_skipped)
 {
 	__u32 *meta;
 
 	if (st->p.fragoff || st->p.more_frags)
 		/* INPUT sees reassembled datagrams: TC's frag.h follows them. */
 		return xdp_pass();
-	if (!xdp_classify(st, half, BPFIPT_CHAIN_INPUT, ctx->ingress_ifindex, 0))
+	if (!xdp_classify(st, half, BPFIPT_CHAIN_INPUT, ctx->ingress_ifindex, 0, count_skipped))
 		return xdp_pass();
 	if (st->verdict == TC_ACT_SHOT) {
 		xdp_count(st);
@@ -270,7 +271,7 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, struct state *st, __u
 			return xdp_pass();
 	}
 	st->p.ttl -= 1;
-	if (!xdp_classify(st, half, BPFIPT_CHAIN_FORWARD, in_dev, fib.ifindex))
+	if (!xdp_classify(st, half, BPFIPT_CHAIN_FORWARD, in_dev, fib.ifindex, 1))
 		return xdp_pass();
 	if (st->verdict == TC_ACT_SHOT) {
 		xdp_count(st);
@@ -323,7 +324,7 @@ static __always_inline int hook_xdp(struct xdp_md *ctx)
 		/* Not IPv4, or for ip_rcv to drop: as without XDP. */
 		return XDP_PASS;
 	if (local_kind(st->p.daddr))
-		return xdp_input(ctx, st, half);
+		return xdp_input(ctx, st, half, skip_counted(cfg, BPFIPT_CHAIN_INPUT));
 	return xdp_forward(ctx, st, half);
 }
 

@@ -141,6 +141,13 @@ pub struct Datapath {
     pub attacher: Attacher,
     pub fallback: bool,
     locals: Vec<netlink::LocalRoute>,
+    /// INPUT's policy counted at LOCAL_IN (`nfhook`): what lets the ingress program go when
+    /// INPUT has nothing to classify. `None` where the kernel has no netfilter programs.
+    input_hook: Option<crate::nfhook::InputHook>,
+    /// Whether the ingress program is on the interfaces (see `ingress_needed`).
+    ingress_on: bool,
+    /// Hooks the last resync failed to attach to.
+    attach_errors: usize,
 }
 
 /// The counters map of the bpfipt programs attached now (from a previous daemon or load).
@@ -239,6 +246,9 @@ impl Datapath {
             attacher: Attacher::default(),
             fallback: false,
             locals: Vec::new(),
+            input_hook: None,
+            ingress_on: true,
+            attach_errors: 0,
         };
         d.resync()?;
         // The old programs are gone from every interface now; once no packet is still in
@@ -265,7 +275,73 @@ impl Datapath {
                 }
             }
         }
+        // With the old programs gone, INPUT's policy can move to LOCAL_IN, and the ingress
+        // program off the interfaces if INPUT leaves it nothing to do.
+        match d.dp.hook_input() {
+            Ok(h) => d.input_hook = Some(h),
+            Err(e) => log::info(&format!(
+                "INPUT stays with the ingress program on every interface: {e}"
+            )),
+        }
+        if !d.ingress_needed(&d.image, p.ct) {
+            d.ingress_on = false;
+            d.resync()?;
+        }
         Ok(d)
+    }
+
+    /// Whether a table needs the ingress program: unless the LOCAL_IN program counts a
+    /// skipped INPUT chain's policy, always; else when INPUT has rules or a policy other
+    /// than ACCEPT (to classify), or the tracker runs (it follows every arriving packet).
+    /// The XDP option does not need it: what XDP accepts through INPUT, TC ingress would
+    /// only have passed.
+    fn ingress_needed(&self, image: &Image, ct: bool) -> bool {
+        let input_skipped = image
+            .chains
+            .get(&layout::CHAIN_INPUT)
+            .is_some_and(|c| c.rec.skip != 0);
+        self.input_hook.is_none() || ct || !input_skipped
+    }
+
+    /// Before the daemon exits on purpose: the ingress program back on every interface and
+    /// INPUT's policy count back with the TC and XDP programs, which outlive the process;
+    /// the LOCAL_IN hook does not. (A daemon killed leaves an empty INPUT's policy
+    /// uncounted until the next one starts.)
+    pub fn release_input_hook(&mut self) {
+        if self.input_hook.is_none() {
+            return;
+        }
+        if let Err(e) = self.set_ingress(true) {
+            log::error(&format!("putting the ingress program back: {e}"));
+            return;
+        }
+        if let Err(e) = self.dp.set_input_by_nf(false) {
+            log::error(&format!("handing INPUT's policy count back: {e}"));
+            return;
+        }
+        self.input_hook = None;
+    }
+
+    /// Whether the ingress program is meant to be on the interfaces now.
+    pub fn ingress_on(&self) -> bool {
+        self.ingress_on
+    }
+
+    /// Puts the ingress program on every interface or takes it off. Putting it on fails
+    /// unless every interface has it: the table that needs it is not committed then.
+    fn set_ingress(&mut self, on: bool) -> Result<(), ApplyError> {
+        if self.ingress_on != on {
+            self.ingress_on = on;
+            self.resync()?;
+            if on && self.attach_errors > 0 {
+                return Err(ApplyError::Io(io::Error::other(format!(
+                    "the ingress program (INPUT) could not be attached to {} interface(s); \
+                     see `bpfipt status` for which",
+                    self.attach_errors
+                ))));
+            }
+        }
+        Ok(())
     }
 
     /// The counters map of whatever bpfipt datapath is attached in the namespace now.
@@ -278,6 +354,12 @@ impl Datapath {
     /// entries' totals (the daemon folds them before a replace).
     pub fn commit(&mut self, p: Prepared) -> Result<(), ApplyError> {
         self.settle()?;
+        // The ingress program is on before the first ruleset that needs it, and off after
+        // the flip away from the last one.
+        let ingress = self.ingress_needed(&p.image, p.ct);
+        if ingress {
+            self.set_ingress(true)?;
+        }
         let t0 = std::time::Instant::now();
         let changes = p.image.diff(&self.image);
         let t1 = std::time::Instant::now();
@@ -314,6 +396,12 @@ impl Datapath {
         self.dp.flip()?;
         if !p.ct {
             crate::conntrack::set_enabled(&self.dp, false).map_err(ApplyError::Io)?;
+        }
+        if !ingress {
+            // Left on, it only costs time: the new table is in force either way.
+            if let Err(e) = self.set_ingress(false) {
+                log::error(&format!("taking the ingress program off: {e}"));
+            }
         }
         log::debug(&format!(
             "datapath commit: {} changes, diff {:?}, write+flip {:?}",
@@ -472,13 +560,14 @@ impl Datapath {
         }
         self.locals = locals;
         let progs = Programs {
-            ingress: self.ingress.as_fd(),
+            ingress: self.ingress_on.then(|| self.ingress.as_fd()),
             egress: self.egress.as_fd(),
         };
-        for e in self
+        let errors = self
             .attacher
-            .sync(&links, &progs, INGRESS_ROLE, EGRESS_ROLE)
-        {
+            .sync(&links, &progs, INGRESS_ROLE, EGRESS_ROLE);
+        self.attach_errors = errors.len();
+        for e in errors {
             log::error(&format!(
                 "attaching to {} ({}) {}: {}",
                 e.name, e.ifindex, e.hook, e.error

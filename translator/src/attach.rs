@@ -14,9 +14,10 @@ use crate::netlink::Link;
 use crate::store::ANCHOR_PROG;
 use crate::sys;
 
-/// The two programs to attach, and their ids (to recognise them at a hook).
+/// The programs to attach. `ingress` is `None` when no interface needs it (`apply`: INPUT
+/// has nothing to classify): ours are then removed from the ingress hooks.
 pub struct Programs<'a> {
-    pub ingress: BorrowedFd<'a>,
+    pub ingress: Option<BorrowedFd<'a>>,
     pub egress: BorrowedFd<'a>,
 }
 
@@ -77,8 +78,9 @@ pub fn remove(ifindex: u32, attach_type: u32, role: &str) -> io::Result<usize> {
 }
 
 impl Attacher {
-    /// Attaches both programs to every link; returns the hooks that failed (an interface that
-    /// vanished meanwhile is not an error).
+    /// Attaches the programs to every link (and removes an ingress program not wanted);
+    /// returns the hooks that failed (an interface that vanished meanwhile is not an
+    /// error).
     pub fn sync(
         &mut self,
         links: &[Link],
@@ -92,9 +94,18 @@ impl Attacher {
             let mut ok = true;
             for (hook, ty, fd, role) in [
                 ("ingress", sys::BPF_TCX_INGRESS, progs.ingress, ingress_role),
-                ("egress", sys::BPF_TCX_EGRESS, progs.egress, egress_role),
+                (
+                    "egress",
+                    sys::BPF_TCX_EGRESS,
+                    Some(progs.egress),
+                    egress_role,
+                ),
             ] {
-                if let Err(e) = ensure(l.ifindex, ty, fd, role) {
+                let r = match fd {
+                    Some(fd) => ensure(l.ifindex, ty, fd, role),
+                    None => remove(l.ifindex, ty, role).map(|_| ()),
+                };
+                if let Err(e) = r {
                     if e.raw_os_error() == Some(libc::ENODEV) {
                         ok = false;
                         continue;

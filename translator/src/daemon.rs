@@ -146,6 +146,9 @@ impl Daemon {
                 Err(e) => log::warn(&format!("accept: {e}")),
             }
         }
+        if let Some(dp) = self.lock().enf.dp.as_mut() {
+            dp.release_input_hook();
+        }
         Ok(())
     }
 
@@ -529,26 +532,42 @@ impl Daemon {
         match &st.enf.dp {
             None => s.push_str("datapath: not loaded (nothing to enforce yet)\n"),
             Some(dp) => {
+                // Where the ingress program is off by design, an interface with only the
+                // egress program is complete.
+                let want_in = dp.ingress_on();
                 let hooks: Vec<String> = dp
                     .hooks()
                     .into_iter()
                     .map(|(n, i, e)| match (i, e) {
-                        (true, true) => n,
+                        (true, true) if want_in => n,
+                        (true, true) => format!("{n}(ingress still on)"),
+                        (false, true) if !want_in => n,
                         (true, false) => format!("{n}(ingress only)"),
                         (false, true) => format!("{n}(egress only)"),
                         (false, false) => format!("{n}(NOT ATTACHED)"),
                     })
                     .collect();
+                let tc = if want_in {
+                    "tc ingress+egress"
+                } else {
+                    "tc egress"
+                };
                 let fallback = if dp.fallback {
                     ", passing everything (fallback)"
                 } else {
                     ""
                 };
                 s.push_str(&format!(
-                    "datapath: loaded, generation {}{fallback}\n  tc ingress+egress: {}\n",
+                    "datapath: loaded, generation {}{fallback}\n  {tc}: {}\n",
                     dp.generation(),
                     hooks.join(" ")
                 ));
+                if !want_in {
+                    s.push_str(
+                        "  tc ingress: off (INPUT has nothing to classify; its policy is \
+                         counted at the LOCAL_IN hook)\n",
+                    );
+                }
                 let mut x: Vec<String> = dp
                     .xdp_attached
                     .iter()

@@ -362,8 +362,31 @@ impl Dataplane {
             fallback: 0,
             default_ttl: 64,
             lo_ifindex: sys::loopback_ifindex(),
+            input_by_nf: 0,
         })?;
         Ok(dp)
+    }
+
+    /// Hooks the count of a skipped INPUT chain's policy at LOCAL_IN (`nfhook`) and hands
+    /// that count to it: from here on the TC and XDP programs leave it alone. The hook lasts
+    /// as long as the returned value. A packet between TC ingress and LOCAL_IN at this very
+    /// moment may be counted by both.
+    pub fn hook_input(&self) -> Result<crate::nfhook::InputHook, String> {
+        let h = crate::nfhook::attach(
+            &self.maps.config,
+            &self.maps.chains,
+            &self.maps.counters,
+            self.limits.slots,
+        )?;
+        self.set_input_by_nf(true).map_err(|e| e.to_string())?;
+        Ok(h)
+    }
+
+    /// Whether a skipped INPUT chain's policy is the LOCAL_IN program's to count.
+    pub fn set_input_by_nf(&self, on: bool) -> Result<(), Error> {
+        let mut c = self.config()?;
+        c.input_by_nf = on as u32;
+        self.set_config(&c)
     }
 
     /// A map of the object by name (the conntrack maps, which no image writes).

@@ -102,6 +102,7 @@ pub struct Config {
     pub fallback: u32,
     pub default_ttl: u32,
     pub lo_ifindex: u32,
+    pub input_by_nf: u32,
 }
 
 /// `struct bpfipt_chain`
@@ -418,52 +419,11 @@ pub(crate) mod alignchecker {
         use object::{Object, ObjectSection};
         let obj = object::File::parse(crate::dataplane::OBJECT).unwrap();
         let btf = obj.section_by_name(".BTF").unwrap().data().unwrap();
-        let u32_at = |o: usize| u32::from_le_bytes(btf[o..o + 4].try_into().unwrap());
-        assert_eq!(u16::from_le_bytes([btf[0], btf[1]]), 0xeb9f, "BTF magic");
-        let hdr = u32_at(4) as usize;
-        let (type_off, type_len) = (u32_at(8) as usize, u32_at(12) as usize);
-        let str_off = u32_at(16) as usize;
-        let strs = &btf[hdr + str_off..];
-        let name = |off: u32| -> String {
-            let s = &strs[off as usize..];
-            String::from_utf8_lossy(&s[..s.iter().position(|b| *b == 0).unwrap()]).into_owned()
-        };
-        let mut out = HashMap::new();
-        let mut p = hdr + type_off;
-        let end = p + type_len;
-        while p < end {
-            let (name_off, info, size) = (u32_at(p), u32_at(p + 4), u32_at(p + 8));
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kflag = info >> 31 != 0;
-            p += 12;
-            match kind {
-                // STRUCT, UNION: members (name_off, type, offset in bits)
-                4 | 5 => {
-                    let mut members = HashMap::new();
-                    for i in 0..vlen {
-                        let q = p + 12 * i;
-                        let off = u32_at(q + 8);
-                        let bits = if kflag { off & 0xff_ffff } else { off };
-                        members.insert(name(u32_at(q)), bits / 8);
-                    }
-                    if kind == 4 {
-                        out.insert(name(name_off), (size, members));
-                    }
-                    p += 12 * vlen;
-                }
-                // INT, VAR, DECL_TAG: one word
-                1 | 14 | 17 => p += 4,
-                // ARRAY
-                3 => p += 12,
-                // ENUM, FUNC_PROTO
-                6 | 13 => p += 8 * vlen,
-                // DATASEC, ENUM64
-                15 | 19 => p += 12 * vlen,
-                _ => {}
-            }
-        }
-        out
+        crate::btf::structs(btf, |_| true)
+            .unwrap()
+            .into_iter()
+            .map(|(n, s)| (n, (s.size, s.members)))
+            .collect()
     }
 
     macro_rules! check {
@@ -488,7 +448,7 @@ pub(crate) mod alignchecker {
             b,
             "bpfipt_config",
             Config,
-            [gen, fallback, default_ttl, lo_ifindex]
+            [gen, fallback, default_ttl, lo_ifindex, input_by_nf]
         );
         check!(
             b,

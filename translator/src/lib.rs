@@ -8,6 +8,7 @@
 pub mod abi;
 pub mod apply;
 pub mod attach;
+pub mod btf;
 pub mod check;
 pub mod compile;
 pub mod conntrack;
@@ -22,6 +23,7 @@ pub mod kernel;
 pub mod layout;
 pub mod log;
 pub mod netlink;
+pub mod nfhook;
 pub mod oracle;
 pub mod store;
 pub mod sys;

@@ -22,12 +22,16 @@ const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
 const BPF_PROG_BIND_MAP: u32 = 35;
 const BPF_MAP_LOOKUP_BATCH: u32 = 24;
 const BPF_MAP_UPDATE_BATCH: u32 = 26;
+const BPF_LINK_CREATE: u32 = 28;
 
 // enum bpf_map_type
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 // enum bpf_prog_type
 pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// Linux 6.4 (84601d6ee68a): a program at a netfilter hook, attached by a link.
+pub const BPF_PROG_TYPE_NETFILTER: u32 = 32;
+pub const BPF_NETFILTER: u32 = 45;
 // enum bpf_attach_type: TCX arrived in Linux 6.6 (e420bed02507).
 pub const BPF_TCX_INGRESS: u32 = 46;
 pub const BPF_TCX_EGRESS: u32 = 47;
@@ -153,14 +157,58 @@ pub fn map_keys(map: &impl AsRawFd, key_size: usize) -> io::Result<Vec<Vec<u8>>>
 
 /// Loads a program from raw instructions (8 bytes each).
 pub fn prog_load(prog_type: u32, insns: &[u64], name: &str) -> io::Result<OwnedFd> {
+    prog_load_for(prog_type, 0, insns, name).map_err(|(e, _)| e)
+}
+
+/// `BPF_PROG_LOAD` with an expected attach type. When the verifier refuses the program, its
+/// log comes with the error.
+pub fn prog_load_for(
+    prog_type: u32,
+    attach_type: u32,
+    insns: &[u64],
+    name: &str,
+) -> Result<OwnedFd, (io::Error, String)> {
     let license = c"GPL";
+    let load = |log: &mut [u8]| {
+        let mut a = Attr::new();
+        a.u32(0, prog_type)
+            .u32(4, insns.len() as u32)
+            .u64(8, insns.as_ptr() as u64)
+            .u64(16, license.as_ptr() as u64)
+            .name(48, name)
+            .u32(68, attach_type);
+        if !log.is_empty() {
+            a.u32(24, 1)
+                .u32(28, log.len() as u32)
+                .u64(32, log.as_mut_ptr() as u64);
+        }
+        bpf(BPF_PROG_LOAD, &mut a).map(fd_result)
+    };
+    load(&mut []).or_else(|e| {
+        let mut log = vec![0u8; 1 << 16];
+        load(&mut log).map_err(|_| {
+            let n = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            (e, String::from_utf8_lossy(&log[..n]).into_owned())
+        })
+    })
+}
+
+/// `BPF_LINK_CREATE` of a netfilter program at hook `hooknum` of protocol family `pf`
+/// (`NFPROTO_*`), in the caller's network namespace. The hook stays as long as the link's fd.
+pub fn netfilter_link(
+    prog: &impl AsRawFd,
+    pf: u32,
+    hooknum: u32,
+    priority: i32,
+) -> io::Result<OwnedFd> {
     let mut a = Attr::new();
-    a.u32(0, prog_type)
-        .u32(4, insns.len() as u32)
-        .u64(8, insns.as_ptr() as u64)
-        .u64(16, license.as_ptr() as u64)
-        .name(48, name);
-    bpf(BPF_PROG_LOAD, &mut a).map(fd_result)
+    // prog_fd, target_fd, attach_type, flags, then netfilter { pf, hooknum, priority, flags }
+    a.u32(0, prog.as_raw_fd() as u32)
+        .u32(8, BPF_NETFILTER)
+        .u32(16, pf)
+        .u32(20, hooknum)
+        .u32(24, priority as u32);
+    bpf(BPF_LINK_CREATE, &mut a).map(fd_result)
 }
 
 /// `BPF_PROG_BIND_MAP`: keeps `map` alive as long as `prog` (Linux 5.10, ef15314aa5de).
