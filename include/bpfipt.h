@@ -127,6 +127,9 @@ struct bpfipt_config {
 	 * counted by the LOCAL_IN netfilter hook program (translator nfhook.rs), not by the TC
 	 * or XDP programs. */
 	__u32 input_by_nf;
+	/* ct_config.enabled, mirrored here so that an untracked packet's hook reads one map
+	 * value fewer (set on before the tracker's flag is, off after). */
+	__u32 ct_on;
 };
 
 /* chains: ARRAY [2 * BPFIPT_MAX_CHAINS], index half * BPFIPT_MAX_CHAINS + chain. */

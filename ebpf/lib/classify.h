@@ -311,7 +311,7 @@ static __always_inline int match_one(const struct bpfipt_match *m, const struct 
 		       !!(m->inv & BPFIPT_INV_ANY);
 	case BPFIPT_M_CONNTRACK:
 	case BPFIPT_M_CT_ADDR:
-		return ct_match(m);
+		return ct_match(m, p);
 	case BPFIPT_M_TTL:
 		switch (m->flags) {
 		case BPFIPT_TTL_EQ:

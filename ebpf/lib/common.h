@@ -163,7 +163,8 @@ struct pkt {
 	__u8 reasm;	/* a reassembled datagram (frag.h): the datagram's first bytes are in
 			 * reject_buf, the options already in opts */
 	__u16 ipid;
-	__u16 pad3;
+	__u8 ct;	/* the tracker runs for this packet (verdict.h ct_on): ct_pkt is its */
+	__u8 pad3;
 	__u8 opts[64];	/* the options, and the byte after them (tcp_find_option reads it) */
 };
 

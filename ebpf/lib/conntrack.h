@@ -1270,12 +1270,15 @@ static __always_inline int ct_port_ok(const __u8 *u, __u32 o, __u16 flags, __u16
 }
 
 /* conntrack_mt (and state_mt, lowered to its state part): 1 match, 0 no match. */
-static __always_inline int ct_match(const struct bpfipt_match *m)
+static __always_inline int ct_match(const struct bpfipt_match *m, const struct pkt *p)
 {
-	struct ct_pkt *r = ct_pkt_get();
+	struct ct_pkt *r;
 	const __u8 *u = m->u.raw;
 	__u16 flags, inv;
 
+	if (!p->ct)
+		return 0;
+	r = ct_pkt_get();
 	if (!r || !r->on)
 		return 0;
 	if (m->kind == BPFIPT_M_CT_ADDR) {
@@ -1339,10 +1342,13 @@ static __always_inline int ct_match(const struct bpfipt_match *m)
 /* The accept-established shortcut: whether the packet's state is one of `states`, those of
  * an unconditional first rule `--ctstate ... -j ACCEPT` of the chain, which then matches it
  * whatever else the packet holds (compile.rs sets them only for such a rule). */
-static __always_inline int ct_shortcut(__u32 states)
+static __always_inline int ct_shortcut(const struct pkt *p, __u32 states)
 {
-	struct ct_pkt *r = ct_pkt_get();
+	struct ct_pkt *r;
 
+	if (!p->ct)
+		return 0;
+	r = ct_pkt_get();
 	if (!r || !r->on || !(r->bits & states))
 		return 0;
 	ct_stat(BPFIPT_CTS_SHORTCUT);

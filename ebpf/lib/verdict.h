@@ -40,7 +40,7 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 		count_reason(BPFIPT_R_PASS_SKIPPED_CHAIN);
 		return TC_ACT_OK;
 	}
-	if (c->ct_accept && ct_shortcut(c->ct_accept)) {
+	if (c->ct_accept && ct_shortcut(&st->p, c->ct_accept)) {
 		/* The chain's first rule accepts this state unconditionally: no classification. */
 		count_slot(c->ct_accept_slot, st->p.bytes);
 		count_reason(BPFIPT_R_RULE_ACCEPT);
@@ -134,28 +134,22 @@ static __always_inline int local_kind_fast(struct __sk_buff *skb)
 }
 
 /* Whether the packet's connection is tracked: ct_begin and ct_end are called only then
- * (they are subprograms); off, the per-CPU ct_pkt says so for ct_match and ct_shortcut,
- * as ct_begin would. */
-static __always_inline int ct_on(void)
+ * (they are subprograms). The answer goes to st->p.ct, which ct_match and ct_shortcut read
+ * before the per-CPU ct_pkt (left as the last tracked packet left it): an untracked packet
+ * touches neither ct_config nor ct_pkt. */
+static __always_inline int ct_on(const struct bpfipt_config *cfg, struct state *st)
 {
-	struct bpfipt_ct_config *c = ct_cfg();
-	struct ct_pkt *r;
-
-	if (c && c->enabled)
-		return 1;
-	r = ct_pkt_get();
-	if (r)
-		r->on = 0;
-	return 0;
+	st->p.ct = cfg->ct_on != 0;
+	return st->p.ct;
 }
 
-/* ct_end's first test inline (a subprogram call saved when the packet is not tracked). Not
- * the hook's ct_on() result: a constant kept across run_hook doubles the verifier's states. */
-static __always_inline int ct_end_if_on(struct __sk_buff *skb, int verdict, int lo_out)
+/* ct_end's first test inline (a subprogram call saved when the packet is not tracked). From
+ * st->p.ct, not the hook's ct_on() result: a constant kept across run_hook doubles the
+ * verifier's states. */
+static __always_inline int ct_end_if_on(struct __sk_buff *skb, struct state *st, int verdict,
+					int lo_out)
 {
-	struct ct_pkt *r = ct_pkt_get();
-
-	if (!r || !r->on)
+	if (!st->p.ct)
 		return verdict;
 	return ct_end(skb, verdict, lo_out);
 }
@@ -227,12 +221,12 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		}
 	}
-	ct = ct_on();
+	ct = ct_on(cfg, st);
 	if (ct && ct_begin(skb, &st->p, skb->ifindex == cfg_lo(), 0, 1) < 0)
 		return TC_ACT_SHOT;
 	r = run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0,
 		     skb->ifindex, skip_counted(cfg, BPFIPT_CHAIN_INPUT));
-	return ct_end_if_on(skb, r, 0);
+	return ct_end_if_on(skb, st, r, 0);
 }
 
 static __always_inline int hook_egress(struct __sk_buff *skb)
@@ -255,12 +249,12 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 		entry = BPFIPT_CHAIN_FORWARD;
 		in_ifindex = skb->ingress_ifindex;
 	}
-	ct = ct_on();
+	ct = ct_on(cfg, st);
 	if (ct && ct_begin(skb, &st->p, 0, reply, in_ifindex != 0) < 0)
 		return TC_ACT_SHOT;
 	r = run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex,
 		     in_ifindex ? in_ifindex : skb->ifindex, 1);
-	return ct_end_if_on(skb, r, skb->ifindex == cfg_lo());
+	return ct_end_if_on(skb, st, r, skb->ifindex == cfg_lo());
 }
 
 #endif

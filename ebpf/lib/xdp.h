@@ -323,6 +323,7 @@ static __always_inline int hook_xdp(struct xdp_md *ctx)
 	if (r != PARSE_OK)
 		/* Not IPv4, or for ip_rcv to drop: as without XDP. */
 		return XDP_PASS;
+	st->p.ct = 0;
 	if (local_kind(st->p.daddr))
 		return xdp_input(ctx, st, half, skip_counted(cfg, BPFIPT_CHAIN_INPUT));
 	return xdp_forward(ctx, st, half);

@@ -676,6 +676,10 @@ fn table_of(dp: &Dataplane) -> io::Result<Table> {
     })
 }
 
+fn dp_err(e: crate::dataplane::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
 fn ct_err(e: CtError) -> io::Error {
     match e {
         CtError::Sys(e) => e,
@@ -703,16 +707,26 @@ pub fn start(dp: &Dataplane, enabled: bool) -> io::Result<()> {
         new.recount().map_err(ct_err)?;
     }
     cfg.enabled = enabled;
-    new.set_config(&cfg).map_err(ct_err)
+    new.set_config(&cfg).map_err(ct_err)?;
+    dp.set_ct_on(enabled).map_err(dp_err)
 }
 
-/// Turns the tracker on or off, keeping the other settings.
+/// Turns the tracker on or off, keeping the other settings. The hooks read the switch's
+/// mirror in the datapath's config: it opens after the tracker's own flag and closes before
+/// it, so a packet the hooks send to `ct_begin` finds the tracker on, or is told it is off
+/// there.
 pub fn set_enabled(dp: &Dataplane, on: bool) -> io::Result<()> {
     let t = table_of(dp)?;
     let mut c = t.config().map_err(ct_err)?;
+    if !on {
+        dp.set_ct_on(false).map_err(dp_err)?;
+    }
     if c.enabled != on {
         c.enabled = on;
         t.set_config(&c).map_err(ct_err)?;
+    }
+    if on {
+        dp.set_ct_on(true).map_err(dp_err)?;
     }
     Ok(())
 }

@@ -363,6 +363,7 @@ impl Dataplane {
             default_ttl: 64,
             lo_ifindex: sys::loopback_ifindex(),
             input_by_nf: 0,
+            ct_on: 0,
         })?;
         Ok(dp)
     }
@@ -380,6 +381,13 @@ impl Dataplane {
         )?;
         self.set_input_by_nf(true).map_err(|e| e.to_string())?;
         Ok(h)
+    }
+
+    /// The config's mirror of the tracker's switch (`conntrack::set_enabled` keeps both).
+    pub fn set_ct_on(&self, on: bool) -> Result<(), Error> {
+        let mut c = self.config()?;
+        c.ct_on = on as u32;
+        self.set_config(&c)
     }
 
     /// Whether a skipped INPUT chain's policy is the LOCAL_IN program's to count.

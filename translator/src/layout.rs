@@ -103,6 +103,7 @@ pub struct Config {
     pub default_ttl: u32,
     pub lo_ifindex: u32,
     pub input_by_nf: u32,
+    pub ct_on: u32,
 }
 
 /// `struct bpfipt_chain`
@@ -448,7 +449,7 @@ pub(crate) mod alignchecker {
             b,
             "bpfipt_config",
             Config,
-            [gen, fallback, default_ttl, lo_ifindex, input_by_nf]
+            [gen, fallback, default_ttl, lo_ifindex, input_by_nf, ct_on]
         );
         check!(
             b,
