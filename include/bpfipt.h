@@ -128,7 +128,8 @@ struct bpfipt_config {
 	 * or XDP programs. */
 	__u32 input_by_nf;
 	/* ct_config.enabled, mirrored here so that an untracked packet's hook reads one map
-	 * value fewer (set on before the tracker's flag is, off after). */
+	 * value fewer: the hooks (TC and XDP) read this one. It is set after the tracker's own
+	 * flag and cleared before it (conntrack.rs set_enabled). */
 	__u32 ct_on;
 };
 

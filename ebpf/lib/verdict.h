@@ -18,14 +18,21 @@ static __always_inline struct state *get_state(void)
 	return bpf_map_lookup_elem(&scratch, &zero);
 }
 
+/* Whether the TC and XDP programs count a skipped chain's policy: all but INPUT's when the
+ * LOCAL_IN program counts it (translator nfhook.rs). */
+static __always_inline int skip_counted(const struct bpfipt_config *cfg, __u32 entry)
+{
+	return entry != BPFIPT_CHAIN_INPUT || !cfg->input_by_nf;
+}
+
 /* Runs the filter table for the chain `entry` and acts on its verdict. Devices: `in_dev`
  * and `out_dev` name the -i / -o devices (0: none); `reply_dev` is where a REJECT reply goes
- * when the FIB cannot be asked (reject.h route_reply). `count_skipped`: whether a skipped
- * chain's policy is counted here (INPUT's may be the LOCAL_IN program's, skip_counted). */
-static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u32 half,
-				    __u32 entry, __u32 in_dev, __u32 out_dev, __u32 reply_dev,
-				    int count_skipped)
+ * when the FIB cannot be asked (reject.h route_reply). */
+static __always_inline int run_hook(struct __sk_buff *skb, struct state *st,
+				    const struct bpfipt_config *cfg, __u32 entry, __u32 in_dev,
+				    __u32 out_dev, __u32 reply_dev)
 {
+	__u32 half = cfg->gen & 1;
 	__u32 idx = half * BPFIPT_MAX_CHAINS + entry;
 	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
 
@@ -35,7 +42,7 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st, __u
 	}
 	if (c->skip) {
 		/* Nothing to classify, but the kernel counts the policy. */
-		if (count_skipped)
+		if (skip_counted(cfg, entry))
 			count_slot(c->tail_slot, st->p.bytes);
 		count_reason(BPFIPT_R_PASS_SKIPPED_CHAIN);
 		return TC_ACT_OK;
@@ -69,13 +76,6 @@ static __always_inline struct bpfipt_config *get_config(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&config, &zero);
-}
-
-/* Whether the TC and XDP programs count a skipped chain's policy: all but INPUT's when the
- * LOCAL_IN program counts it (translator nfhook.rs). */
-static __always_inline int skip_counted(const struct bpfipt_config *cfg, __u32 entry)
-{
-	return entry != BPFIPT_CHAIN_INPUT || !cfg->input_by_nf;
 }
 
 /* Whether daddr is one of ours (INPUT): local and broadcast routes, limited broadcast and
@@ -224,8 +224,7 @@ static __always_inline int hook_ingress(struct __sk_buff *skb)
 	ct = ct_on(cfg, st);
 	if (ct && ct_begin(skb, &st->p, skb->ifindex == cfg_lo(), 0, 1) < 0)
 		return TC_ACT_SHOT;
-	r = run_hook(skb, st, cfg->gen & 1, BPFIPT_CHAIN_INPUT, skb->ifindex, 0,
-		     skb->ifindex, skip_counted(cfg, BPFIPT_CHAIN_INPUT));
+	r = run_hook(skb, st, cfg, BPFIPT_CHAIN_INPUT, skb->ifindex, 0, skb->ifindex);
 	return ct_end_if_on(skb, st, r, 0);
 }
 
@@ -252,8 +251,8 @@ static __always_inline int hook_egress(struct __sk_buff *skb)
 	ct = ct_on(cfg, st);
 	if (ct && ct_begin(skb, &st->p, 0, reply, in_ifindex != 0) < 0)
 		return TC_ACT_SHOT;
-	r = run_hook(skb, st, cfg->gen & 1, entry, in_ifindex, skb->ifindex,
-		     in_ifindex ? in_ifindex : skb->ifindex, 1);
+	r = run_hook(skb, st, cfg, entry, in_ifindex, skb->ifindex,
+		     in_ifindex ? in_ifindex : skb->ifindex);
 	return ct_end_if_on(skb, st, r, skb->ifindex == cfg_lo());
 }
 

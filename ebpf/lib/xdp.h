@@ -66,8 +66,8 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 
 /* Classifies st->p through `entry` with deferred counts. Returns 1 when XDP can act on the
  * verdict (st->verdict, TC_ACT_OK or TC_ACT_SHOT), 0 when TC must do it all again. */
-static __always_inline int xdp_classify(struct state *st, __u32 half, __u32 entry, __u32 in_dev,
-					__u32 out_dev, int count_skipped)
+static __always_inline int xdp_classify(struct state *st, const struct bpfipt_config *cfg,
+					__u32 half, __u32 entry, __u32 in_dev, __u32 out_dev)
 {
 	__u32 idx = half * BPFIPT_MAX_CHAINS + entry;
 	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
@@ -78,7 +78,7 @@ static __always_inline int xdp_classify(struct state *st, __u32 half, __u32 entr
 	if (c->skip) {
 		/* Empty with policy ACCEPT: the policy counts it (as run_hook does). */
 		st->counted[0] = c->tail_slot;
-		st->ncounted = count_skipped ? 1 : 0;
+		st->ncounted = skip_counted(cfg, entry) ? 1 : 0;
 		st->reason = BPFIPT_R_PASS_SKIPPED_CHAIN;
 		st->verdict = TC_ACT_OK;
 		return 1;
@@ -171,15 +171,15 @@ static __always_inline int l4_csum_ok(struct xdp_md *ctx, const struct pkt *p)
 	return csum_fold(sum) == 0xffff;
 }
 
-static __always_inline int xdp_input(struct xdp_md *ctx, struct state *st, __u32 half,
-				     int count_skipped)
+static __always_inline int xdp_input(struct xdp_md *ctx, struct state *st,
+				     const struct bpfipt_config *cfg, __u32 half)
 {
 	__u32 *meta;
 
 	if (st->p.fragoff || st->p.more_frags)
 		/* INPUT sees reassembled datagrams: TC's frag.h follows them. */
 		return xdp_pass();
-	if (!xdp_classify(st, half, BPFIPT_CHAIN_INPUT, ctx->ingress_ifindex, 0, count_skipped))
+	if (!xdp_classify(st, cfg, half, BPFIPT_CHAIN_INPUT, ctx->ingress_ifindex, 0))
 		return xdp_pass();
 	if (st->verdict == TC_ACT_SHOT) {
 		xdp_count(st);
@@ -206,7 +206,8 @@ static __always_inline void decrease_ttl(struct iphdr *ip)
 	ip->ttl--;
 }
 
-static __always_inline int xdp_forward(struct xdp_md *ctx, struct state *st, __u32 half)
+static __always_inline int xdp_forward(struct xdp_md *ctx, struct state *st,
+				       const struct bpfipt_config *cfg, __u32 half)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -271,7 +272,7 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, struct state *st, __u
 			return xdp_pass();
 	}
 	st->p.ttl -= 1;
-	if (!xdp_classify(st, half, BPFIPT_CHAIN_FORWARD, in_dev, fib.ifindex, 1))
+	if (!xdp_classify(st, cfg, half, BPFIPT_CHAIN_FORWARD, in_dev, fib.ifindex))
 		return xdp_pass();
 	if (st->verdict == TC_ACT_SHOT) {
 		xdp_count(st);
@@ -303,21 +304,21 @@ static __always_inline int hook_xdp(struct xdp_md *ctx)
 {
 	struct bpfipt_config *cfg = get_config();
 	struct state *st = get_state();
-	struct bpfipt_ct_config *ct = ct_cfg();
 	__u32 half;
 	int r;
 
-	if (!cfg || !st || !ct)
+	if (!cfg || !st)
 		return XDP_PASS;
 	if (cfg->fallback)
 		return XDP_PASS;
-	/* Tracking is TC's. The tracker is switched on before the flip to a ruleset that
-	 * needs it and off after the flip away from the last one: read around the generation,
-	 * a packet never classifies a conntrack ruleset without it. */
-	if (*(volatile __u32 *)&ct->enabled)
+	/* Tracking is TC's. The tracker (as the hooks read its switch, cfg->ct_on) is switched
+	 * on before the flip to a ruleset that needs it and off after the flip away from the
+	 * last one: read around the generation, a packet never classifies a conntrack ruleset
+	 * without it. */
+	if (*(volatile __u32 *)&cfg->ct_on)
 		return xdp_pass();
 	half = *(volatile __u32 *)&cfg->gen & 1;
-	if (*(volatile __u32 *)&ct->enabled)
+	if (*(volatile __u32 *)&cfg->ct_on)
 		return xdp_pass();
 	r = xdp_parse(ctx, &st->p);
 	if (r != PARSE_OK)
@@ -325,8 +326,8 @@ static __always_inline int hook_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	st->p.ct = 0;
 	if (local_kind(st->p.daddr))
-		return xdp_input(ctx, st, half, skip_counted(cfg, BPFIPT_CHAIN_INPUT));
-	return xdp_forward(ctx, st, half);
+		return xdp_input(ctx, st, cfg, half);
+	return xdp_forward(ctx, st, cfg, half);
 }
 
 #endif
