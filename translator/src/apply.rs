@@ -284,8 +284,7 @@ impl Datapath {
             )),
         }
         if !d.ingress_needed(&d.image, p.ct) {
-            d.ingress_on = false;
-            d.resync()?;
+            d.set_ingress(false)?;
         }
         Ok(d)
     }

@@ -140,14 +140,7 @@ mod tests {
 
     #[test]
     fn ensure_attaches_once_and_replaces_older_bpfipt_programs() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        std::thread::spawn(|| {
-            // SAFETY: affects this thread only.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        sys::in_new_netns(|| {
             let lo = sys::loopback_ifindex();
             let other = pass_prog("someone_else");
             sys::tcx_attach(lo, sys::BPF_TCX_EGRESS, &other, None).unwrap();
@@ -171,8 +164,6 @@ mod tests {
                 sys::tcx_query(lo, sys::BPF_TCX_EGRESS).unwrap(),
                 vec![sys::prog_id(&other).unwrap()]
             );
-        })
-        .join()
-        .unwrap();
+        });
     }
 }

@@ -385,16 +385,12 @@ impl Dataplane {
 
     /// The config's mirror of the tracker's switch (`conntrack::set_enabled` keeps both).
     pub fn set_ct_on(&self, on: bool) -> Result<(), Error> {
-        let mut c = self.config()?;
-        c.ct_on = on as u32;
-        self.set_config(&c)
+        self.edit_config(|c| c.ct_on = on as u32).map(|_| ())
     }
 
     /// Whether a skipped INPUT chain's policy is the LOCAL_IN program's to count.
     pub fn set_input_by_nf(&self, on: bool) -> Result<(), Error> {
-        let mut c = self.config()?;
-        c.input_by_nf = on as u32;
-        self.set_config(&c)
+        self.edit_config(|c| c.input_by_nf = on as u32).map(|_| ())
     }
 
     /// A map of the object by name (the conntrack maps, which no image writes).
@@ -471,19 +467,23 @@ impl Dataplane {
         Ok((self.config()?.gen & 1) as u8)
     }
 
+    /// Changes the config entry with `f`, written back in one update; returns the new entry.
+    fn edit_config(&self, f: impl FnOnce(&mut Config)) -> Result<Config, Error> {
+        let mut c = self.config()?;
+        f(&mut c);
+        self.set_config(&c)?;
+        Ok(c)
+    }
+
     /// Makes the other half active.
     pub fn flip(&self) -> Result<u8, Error> {
-        let mut c = self.config()?;
-        c.gen = c.gen.wrapping_add(1);
-        self.set_config(&c)?;
+        let c = self.edit_config(|c| c.gen = c.gen.wrapping_add(1))?;
         Ok((c.gen & 1) as u8)
     }
 
     /// Sets the fallback flag: non-zero lets every packet pass (the kernel enforces).
     pub fn set_fallback(&self, on: bool) -> Result<(), Error> {
-        let mut c = self.config()?;
-        c.fallback = on as u32;
-        self.set_config(&c)
+        self.edit_config(|c| c.fallback = on as u32).map(|_| ())
     }
 
     /// Waits until no program runs with what was visible before the call: an

@@ -153,14 +153,7 @@ mod tests {
 
     #[test]
     fn install_read_counters_release() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        std::thread::spawn(|| {
-            // SAFETY: affects this thread only.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        crate::sys::in_new_netns(|| {
             let kt = KernelTables::here().unwrap();
             let mut ns = Netns::default();
             let mut name = [0u8; 32];
@@ -188,8 +181,6 @@ mod tests {
             kt.release(&ns, Family::V4).unwrap();
             let after = kt.k.get_entries(Family::V4, "filter").unwrap();
             assert_eq!(after, Table::initial(Family::V4, "filter", 0b01110).blob);
-        })
-        .join()
-        .unwrap();
+        });
     }
 }

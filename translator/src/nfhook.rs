@@ -26,10 +26,9 @@ const NF_INET_LOCAL_IN: u32 = 1;
 const NF_IP_PRI_FILTER: i32 = 0;
 const NF_ACCEPT: i32 = 1;
 
-/// The hook as long as this lives.
+/// The hook as long as this lives (the link holds the program).
 pub struct InputHook {
     _link: OwnedFd,
-    _prog: OwnedFd,
 }
 
 fn ins(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
@@ -162,10 +161,7 @@ pub fn attach(
     .map_err(|(e, log)| format!("loading the LOCAL_IN program: {e}\n{log}"))?;
     let link = crate::sys::netfilter_link(&prog, NFPROTO_IPV4, NF_INET_LOCAL_IN, NF_IP_PRI_FILTER)
         .map_err(|e| format!("hooking the LOCAL_IN program (BPF_LINK_CREATE): {e}"))?;
-    Ok(InputHook {
-        _link: link,
-        _prog: prog,
-    })
+    Ok(InputHook { _link: link })
 }
 
 #[cfg(test)]
@@ -187,14 +183,7 @@ mod tests {
 
     #[test]
     fn counts_a_skipped_input_policy_at_local_in() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        std::thread::spawn(|| {
-            // SAFETY: affects this thread only; children it spawns inherit its namespace.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        crate::sys::in_new_netns(|| {
             let up = std::process::Command::new("ip")
                 .args(["link", "set", "lo", "up"])
                 .status()
@@ -249,8 +238,6 @@ mod tests {
             drop(hook);
             send_local(1, 100);
             assert_eq!(dp.counter(5).unwrap().packets, 4);
-        })
-        .join()
-        .unwrap();
+        });
     }
 }

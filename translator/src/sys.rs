@@ -489,3 +489,21 @@ pub fn possible_cpus() -> io::Result<usize> {
     }
     Ok(n)
 }
+
+/// Tests: runs `f` on a thread of its own in a new network namespace (children it spawns are
+/// in it too); skipped, with a line on stderr, unless root. A panic in `f` fails the caller.
+#[cfg(test)]
+pub(crate) fn in_new_netns(f: impl FnOnce() + Send + 'static) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    std::thread::spawn(move || {
+        // SAFETY: affects this thread only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        f()
+    })
+    .join()
+    .unwrap();
+}
