@@ -97,6 +97,24 @@ topo3() {
     ip netns exec "$F" sysctl -qw net.ipv4.ip_forward=1
 }
 
+# xdp_pass_obj DIR: builds DIR/pass.o, a native XDP program that passes everything, and
+# prints its path. On a veth it lets the peer's native redirects in (veth_xdp_xmit drops them
+# unless this end has XDP or GRO on).
+xdp_pass_obj() {
+    cat > "$1/pass.c" <<'C'
+#include <linux/bpf.h>
+__attribute__((section("xdp"), used)) int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }
+char _license[] __attribute__((section("license"), used)) = "GPL";
+C
+    clang-19 -O2 -target bpf -I/usr/include/x86_64-linux-gnu -c "$1/pass.c" -o "$1/pass.o" &&
+        echo "$1/pass.o"
+}
+
+# reason NS NAME: the datapath's count of a verdict reason (`bpfipt status`).
+reason() {
+    ip netns exec "$1" "$BPFIPT" status | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1 | grep . || echo 0
+}
+
 UDPFLOW="$ROOT/compat-tests/tools/udpflow.py"
 
 # daemon_pid NS: the namespace's bpfiptd, if any.

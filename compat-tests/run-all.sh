@@ -32,6 +32,9 @@ step "difftest" "$here/difftest.sh" --cases "${BPFIPT_DIFFTEST_CASES:-8000}" \
 # went (compile.rs, a_chain_left_without_port_rules_drops_its_port_lists); 30 s more.
 step "difftest seed 7" "$here/difftest.sh" --cases 3000 --seed 7 --counters --show 3
 step "stateful" "$here/stateful.sh"
+# The same with the XDP option on bpfipt's side, which must leave tracked packets to TC.
+step "stateful (xdp generic)" "$here/stateful.sh" --xdp generic
+step "stateful (xdp native)" "$here/stateful.sh" --xdp native
 step "fuzz (60 s)" "$here/fuzz.sh" 60
 
 # The benchmarks measure (compat-tests/bench, BENCH.md); here only that they still run: one

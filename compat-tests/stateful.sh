@@ -8,8 +8,12 @@
 # FIN or RST teardown, a UDP request, a ping, a TCP segment without a handshake, a NEW from
 # the wrong side, an ICMP error for a UDP flow, a flow idle past a shortened timeout) runs on
 # both networks at once and what the endpoint saw must be the same word.
+# With --xdp MODE, bpfipt's fw also runs the XDP option (`bpfipt xdp generic|native`), which
+# must leave every packet of a conntrack ruleset to the TC programs and change no word, no
+# counter; in native mode c0 and s0 of both networks get an XDP program that passes all (a
+# veth accepts native redirects only then), so that the two networks stay alike.
 #
-#   compat-tests/stateful.sh [-v]
+#   compat-tests/stateful.sh [-v] [--xdp generic|native]
 #
 # Prints "stateful: A agree of N"; exit status 0 only if all agree (77 without root).
 set -uo pipefail
@@ -17,7 +21,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 e2e_init
 verbose=0
-[ "${1:-}" = "-v" ] && verbose=1
+xdp=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -v) verbose=1 ;;
+        --xdp) xdp="${2:-}"; shift ;;
+        *) echo "usage: $0 [-v] [--xdp generic|native]" >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$xdp" in
+    "" | generic | native) ;;
+    *) echo "$0: --xdp takes generic or native, not '$xdp'" >&2; exit 2 ;;
+esac
 py=/usr/bin/python3
 [ -x $py ] || py=python3
 PROBE="$here/tools/ctprobe.py"
@@ -26,6 +42,13 @@ topo3 k; KC=$C; KF=$F; KS=$S
 topo3 b; BC=$C; BF=$F; BS=$S
 # topo3 names them in command substitutions, where ns_new cannot record them for cleanup.
 E2E_NS+=("$KC" "$KF" "$KS" "$BC" "$BF" "$BS")
+STATE=$(mktemp -d)/conn
+trap 'rm -rf "$(dirname "$STATE")"; e2e_cleanup' EXIT INT TERM
+if [ "$xdp" = native ]; then
+    pass_o=$(xdp_pass_obj "$(dirname "$STATE")") || exit 1
+    for ns in "$KC" "$BC"; do ip -n "$ns" link set dev c0 xdpdrv obj "$pass_o" sec xdp; done
+    for ns in "$KS" "$BS"; do ip -n "$ns" link set dev s0 xdpdrv obj "$pass_o" sec xdp; done
+fi
 for ns in "$KC" "$KF" "$KS" "$BC" "$BF" "$BS"; do
     # ICMP errors in quick succession must not be rate limited on either side.
     ip netns exec "$ns" sysctl -qw net.ipv4.icmp_ratelimit=0
@@ -57,11 +80,16 @@ load() {
         fail "$name: not enforced by the eBPF datapath"
         kern "$BF" "$BPFIPT" status | sed 's/^/    /'
     fi
+    if [ -n "$xdp" ]; then
+        local out
+        # The setting outlives commits; asking again only reports it.
+        out=$(kern "$BF" "$BPFIPT" xdp "$xdp" 2>&1)
+        grep -q "attached to: f0($xdp) f1($xdp)" <<< "$out" ||
+            fail "$name: bpfipt xdp $xdp: $out"
+    fi
 }
 
 # run SIDE WHO WHAT ARGS...: one probe on one side; prints its word.
-STATE=$(mktemp -d)/conn
-trap 'rm -rf "$(dirname "$STATE")"; e2e_cleanup' EXIT INT TERM
 run() {
     local ns side="$1"
     ns=$(ns_of "$1" "$2")
@@ -385,5 +413,15 @@ EOF
     counters "${first:-shortcut}"
 done
 
-echo "stateful: $agree agree of $total"
+if [ -n "$xdp" ]; then
+    # XDP saw the packets and left them to TC: it classifies nothing while the tracker is on.
+    passed=$(reason "$BF" XdpPass)
+    [ "$passed" -ge "$total" ] ||
+        fail "--xdp $xdp: XDP passed $passed packets to TC, fewer than the $total probes"
+    n=$(( $(reason "$BF" XdpForwarded) + $(reason "$BF" XdpInputDone) ))
+    [ "$n" = 0 ] || fail "--xdp $xdp: XDP decided $n packets of conntrack rulesets"
+    echo "stateful: $agree agree of $total (XDP $xdp left $passed packets to TC)"
+else
+    echo "stateful: $agree agree of $total"
+fi
 [ "$E2E_FAILS" = 0 ] && [ "$agree" = "$total" ]

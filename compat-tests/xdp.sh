@@ -19,14 +19,7 @@ RAWUDP="$ROOT/compat-tests/tools/rawudp.py"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"; e2e_cleanup' EXIT
 
-# A native XDP program that passes everything: on a veth it lets the peer's native redirects
-# in (veth_xdp_xmit drops them unless this end has XDP or GRO on).
-cat > "$tmp/pass.c" <<'C'
-#include <linux/bpf.h>
-__attribute__((section("xdp"), used)) int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }
-char _license[] __attribute__((section("license"), used)) = "GPL";
-C
-clang-19 -O2 -target bpf -I/usr/include/x86_64-linux-gnu -c "$tmp/pass.c" -o "$tmp/pass.o" || exit 1
+PASS_O=$(xdp_pass_obj "$tmp") || exit 1
 
 send() { # NS DST PORT N: N datagrams, 2 ms apart
     ip netns exec "$1" python3 -c '
@@ -51,16 +44,13 @@ sys.exit(1)' "$2" "$3"
 pkts() { # NS CHAIN N: packets counted by rule N of CHAIN
     shim "$1" $IPT -L "$2" -v -x -n --line-numbers | awk -v n="$3" '$1 == n { print $2 }'
 }
-reason() { # NS NAME: the datapath's count of a verdict reason
-    ip netns exec "$1" "$BPFIPT" status | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1 | grep . || echo 0
-}
 
 for mode in "${modes[@]}"; do
     echo "--- mode $mode"
     topo3 "x${mode:0:3}"
     if [ "$mode" = native ]; then
-        ip -n "$C" link set dev c0 xdpdrv obj "$tmp/pass.o" sec xdp
-        ip -n "$S" link set dev s0 xdpdrv obj "$tmp/pass.o" sec xdp
+        ip -n "$C" link set dev c0 xdpdrv obj "$PASS_O" sec xdp
+        ip -n "$S" link set dev s0 xdpdrv obj "$PASS_O" sec xdp
     fi
     shim "$F" $IPT -A INPUT -p udp --dport 5001 -j DROP
     shim "$F" $IPT -A INPUT -p udp --dport 5002 -j ACCEPT
