@@ -7,6 +7,9 @@
 # DROP. udpblast sends 60-byte UDP frames from 192.0.2.1 (8192 source ports) to
 # 198.51.100.1:9 from CPU 0 for --seconds; fw forwards on the other CPU (RPS); the figure is
 # packets per second received on dst's interface (its counters; dst drops them at ingress).
+# Second figure: ns of the forwarding CPU's busy time (/proc/stat) per packet received, which
+# shows fw's cost also where the rate is the sender's (at few rules the forwarding CPU is not
+# saturated); it includes dst's ingress drop, which runs on that CPU as well.
 # tc-empty (not measured unless asked for) is none with a program that only returns
 # TC_ACT_OK at fw's TC hooks: what any TC datapath costs before its first instruction.
 # bpfipt-xdp is bpfipt with `bpfipt xdp native` (BPFIPT_XDP_MODE=generic for generic mode):
@@ -37,17 +40,25 @@ for b in "${BACKENDS[@]}"; do
     live+=("$b")
 done
 
-# blast B SECONDS DPORT [udpblast options]: sends; prints "packets seconds" received on dst.
+# fwd_busy: the forwarding CPU's busy time so far, in USER_HZ ticks (/proc/stat: user, nice,
+# system, irq, softirq; not idle, iowait, nor steal, the hypervisor's).
+fwd_busy() { awk -v c="cpu$FWD_CPU" '$1 == c { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
+
+# blast B SECONDS DPORT [udpblast options]: sends; prints "packets seconds busy" received on
+# dst, with busy the forwarding CPU's ticks meanwhile.
 blast() {
     local b="$1" secs="$2" dport="$3"; shift 3
-    local a z out
+    local a z out c0 c1
     a=$(rx_packets "${DST_OF[$b]}" s0)
+    c0=$(fwd_busy)
     out=$(in_ns "${SRC_OF[$b]}" taskset -c "$SEND_CPU" "$BIN/udpblast" --dev c0 \
         --src-mac "${C0MAC_OF[$b]}" --dst-mac "${F0MAC_OF[$b]}" --src 192.0.2.1 \
         --dst 198.51.100.1 --dport "$dport" --sports 1024-9215 --seconds "$secs" "$@") || return 1
     sleep 0.05 # the last frames leave fw's backlog
+    c1=$(fwd_busy)
     z=$(rx_packets "${DST_OF[$b]}" s0)
-    echo "$((z - a)) $(awk '{print $4}' <<< "$out")"
+    echo "$((z - a)) $(awk '{print $4}' <<< "$out") $((c1 - c0))"
 }
 
 for n in "${RULES[@]}"; do
@@ -82,8 +93,11 @@ for n in "${RULES[@]}"; do
     for r in $(seq 1 "$ROUNDS"); do
         for b in "${measured[@]}"; do
             progress "N=$n round $r/$ROUNDS: $b"
-            read -r got secs < <(blast "$b" "$DURATION" 9)
-            [ -n "${got:-}" ] && sample kpps "${LABEL[$b]}" "$n" "$("$PY" -c "print($got / $secs / 1000)")"
+            read -r got secs busy < <(blast "$b" "$DURATION" 9)
+            [ -n "${got:-}" ] || continue
+            sample kpps "${LABEL[$b]}" "$n" "$("$PY" -c "print($got / $secs / 1000)")"
+            [ "$got" -gt 0 ] &&
+                sample "ns of fw's CPU per packet" "${LABEL[$b]}" "$n" "$((busy * TICK_NS / got))"
         done
     done
 done
