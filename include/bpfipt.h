@@ -291,10 +291,6 @@ struct bpfipt_rule {
 	__u32 smsk;
 	__u32 dst;
 	__u32 dmsk;
-	char iif[16];
-	__u8 iifmask[16];
-	char oif[16];
-	__u8 oifmask[16];
 	__u16 proto;
 	__u8 ipflags;	/* IPT_F_FRAG */
 	__u8 invflags;	/* IPT_INV_* */
@@ -305,6 +301,12 @@ struct bpfipt_rule {
 	__u32 chain;	/* jump/goto target chain */
 	__u32 pad;
 	struct bpfipt_match m[BPFIPT_MAX_MATCHES];
+	/* Last: read only for rules with -i / -o (need), so that what every rule's match reads
+	 * (the addresses, the flags, the first match) shares the record's first cache line. */
+	char iif[16];
+	__u8 iifmask[16];
+	char oif[16];
+	__u8 oifmask[16];
 };
 
 #define BPFIPT_NEED_ADDR 0x01

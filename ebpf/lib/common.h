@@ -129,6 +129,8 @@ struct {
 
 /* What classification needs from a packet, read once. */
 struct pkt {
+	/* What the parse writes for every packet comes first, in 52 bytes: one cache line when
+	 * the state is aligned, two at most. */
 	__be32 saddr;
 	__be32 daddr;
 	__u32 saddr_h;
@@ -149,12 +151,6 @@ struct pkt {
 	__u8 icmp_type;
 	__u8 icmp_code;
 	__u8 ihl;	/* header length in bytes */
-	char in[16];
-	char out[16];
-	__u32 in_hash;
-	__u32 out_hash;
-	__u8 has_in;
-	__u8 has_out;
 	__u8 more_frags;	/* IP_MF */
 	__u8 udp_csum0;	/* UDP without checksum (check field 0) */
 	__u8 tcpdoff;	/* TCP header length in bytes (doff * 4) */
@@ -162,9 +158,16 @@ struct pkt {
 	__u8 opts_ok;	/* all doff * 4 - 20 option bytes are in the packet */
 	__u8 reasm;	/* a reassembled datagram (frag.h): the datagram's first bytes are in
 			 * reject_buf, the options already in opts */
-	__u16 ipid;
 	__u8 ct;	/* the tracker runs for this packet (verdict.h ct_on): ct_pkt is its */
-	__u8 pad3;
+	__u16 ipid;
+	/* Written only when the table has rules on interface names (load_ifnames). */
+	__u8 has_in;
+	__u8 has_out;
+	__u16 pad3;
+	__u32 in_hash;
+	__u32 out_hash;
+	char in[16];
+	char out[16];
 	__u8 opts[64];	/* the options, and the byte after them (tcp_find_option reads it) */
 };
 

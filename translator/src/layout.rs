@@ -277,10 +277,6 @@ pub struct RuleRec {
     pub smsk: u32,
     pub dst: u32,
     pub dmsk: u32,
-    pub iif: [u8; 16],
-    pub iifmask: [u8; 16],
-    pub oif: [u8; 16],
-    pub oifmask: [u8; 16],
     pub proto: u16,
     pub ipflags: u8,
     pub invflags: u8,
@@ -291,6 +287,10 @@ pub struct RuleRec {
     pub chain: u32,
     pub pad: u32,
     pub m: [MatchRec; MAX_MATCHES],
+    pub iif: [u8; 16],
+    pub iifmask: [u8; 16],
+    pub oif: [u8; 16],
+    pub oifmask: [u8; 16],
 }
 
 // A record is compared and hashed as the bytes the datapath reads (no implicit padding).
@@ -493,8 +493,8 @@ pub(crate) mod alignchecker {
             "bpfipt_rule",
             RuleRec,
             [
-                src, smsk, dst, dmsk, iif, iifmask, oif, oifmask, proto, ipflags, invflags, need,
-                nmatch, target, reject, chain, pad, m
+                src, smsk, dst, dmsk, proto, ipflags, invflags, need, nmatch, target, reject,
+                chain, pad, m, iif, iifmask, oif, oifmask
             ]
         );
         check!(b, "bpfipt_counter", Counter, [packets, bytes]);
