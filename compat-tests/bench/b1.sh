@@ -9,7 +9,8 @@
 # packets per second received on dst's interface (its counters; dst drops them at ingress).
 # Second figure: ns of the forwarding CPU's busy time (/proc/stat) per packet received, which
 # shows fw's cost also where the rate is the sender's (at few rules the forwarding CPU is not
-# saturated); it includes dst's ingress drop, which runs on that CPU as well.
+# saturated); it includes dst's ingress drop, which runs on that CPU as well (and, on a machine
+# of one CPU, the sender).
 # tc-empty (not measured unless asked for) is none with a program that only returns
 # TC_ACT_OK at fw's TC hooks: what any TC datapath costs before its first instruction.
 # bpfipt-xdp is bpfipt with `bpfipt xdp native` (BPFIPT_XDP_MODE=generic for generic mode):
