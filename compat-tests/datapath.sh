@@ -35,13 +35,15 @@ check "after -F, the new veth passes pings" pings "$N" 10.3.0.1
 # INPUT empty with policy ACCEPT: its policy is counted at LOCAL_IN, the ingress program is off.
 # `status` lists the hooks as the kernel reports them (BPF_PROG_QUERY).
 tc_line() { ip netns exec "$F" $BPFIPT status | grep -E '^  tc (ingress\+)?egress:'; }
-check "with INPUT empty, every interface has the egress program and none the ingress one ($(tc_line))" \
-    sh -c "ip netns exec $F $BPFIPT status | grep -qx '  tc egress: lo f0 f1 f2'"
+l=$(tc_line)
+check "with INPUT empty, every interface has the egress program and none the ingress one ($l)" \
+    [ "$l" = "  tc egress: lo f0 f1 f2" ]
 check "with INPUT empty, status says the ingress program is off" \
     sh -c "ip netns exec $F $BPFIPT status | grep -q 'tc ingress: off'"
 shim "$F" $IPT -A INPUT -i f2 -p icmp -j DROP
-check "one INPUT rule puts the ingress program back on every interface ($(tc_line))" \
-    sh -c "ip netns exec $F $BPFIPT status | grep -qx '  tc ingress+egress: lo f0 f1 f2'"
+l=$(tc_line)
+check "one INPUT rule puts the ingress program back on every interface ($l)" \
+    [ "$l" = "  tc ingress+egress: lo f0 f1 f2" ]
 check "and the new veth's pings are dropped again" sh -c "! ip netns exec $N ping -c 1 -W 1 10.3.0.1 >/dev/null 2>&1"
 shim "$F" $IPT -F INPUT
 

@@ -668,7 +668,7 @@ pub fn map_entries() -> u32 {
 }
 
 fn table_of(dp: &Dataplane) -> io::Result<Table> {
-    let m = |n| dp.map(n).map_err(|e| io::Error::other(e.to_string()));
+    let m = |n| dp.map(n).map_err(dp_err);
     Ok(Table {
         ct: m("ct")?,
         config: m("ct_config")?,
