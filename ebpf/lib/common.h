@@ -187,9 +187,24 @@ struct frame {
 
 enum { PHASE_SETUP = 0, PHASE_SCAN = 1 };
 
+/* A per-CPU cache of the addrs trie's answers (classify.h addr_classes). An entry holds for
+ * one generation: the daemon writes a half only while it is inactive and flips after (the
+ * generation changes), or, writing the active half, bumps the generation by 2 after the
+ * writes (dataplane.rs write). */
+#define ACACHE_BITS 8
+#define ACACHE_N (1 << ACACHE_BITS)
+
+struct acache_ent {
+	__u32 gen;
+	__be32 addr;
+	__u32 tag;	/* chain << 8 | half << 4 | field << 1 | 1: never 0 */
+	struct bpfipt_addr_val v;	/* n == 0: no class */
+};
+
 struct state {
 	struct pkt p;
 	__u32 half;
+	__u32 gen;	/* the config's generation the packet is classified in (half = gen & 1) */
 	__u32 chain;
 	__u32 hook_chain;
 	__u32 resume;	/* skip candidates with prio <= resume (after RETURN) */
@@ -207,6 +222,7 @@ struct state {
 	__u32 counted[BPFIPT_XDP_MAX_COUNTS];
 	struct frame stack[BPFIPT_MAX_STACK];
 	struct head heads[BPFIPT_MAX_HEADS];
+	struct acache_ent acache[ACACHE_N];
 };
 
 struct {

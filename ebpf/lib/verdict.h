@@ -32,8 +32,9 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st,
 				    const struct bpfipt_config *cfg, __u32 entry, __u32 in_dev,
 				    __u32 out_dev, __u32 reply_dev)
 {
-	__u32 half = cfg->gen & 1;
-	__u32 idx = half * BPFIPT_MAX_CHAINS + entry;
+	/* Read once: the half and the address cache's tag (classify.h) must agree. */
+	__u32 gen = *(volatile const __u32 *)&cfg->gen;
+	__u32 idx = (gen & 1) * BPFIPT_MAX_CHAINS + entry;
 	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
 
 	if (!c) {
@@ -57,7 +58,7 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st,
 	if (c->needs & BPFIPT_CHAIN_NEEDS_TCPOPTS)
 		load_tcp_options(skb, &st->p);
 	st->defer = 0;
-	classify(st, half, entry, c);
+	classify(st, gen, entry, c);
 	count_reason(st->reason);
 	if (st->reject) {
 		if (st->p.reasm)

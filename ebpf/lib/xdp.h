@@ -67,9 +67,9 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 /* Classifies st->p through `entry` with deferred counts. Returns 1 when XDP can act on the
  * verdict (st->verdict, TC_ACT_OK or TC_ACT_SHOT), 0 when TC must do it all again. */
 static __always_inline int xdp_classify(struct state *st, const struct bpfipt_config *cfg,
-					__u32 half, __u32 entry, __u32 in_dev, __u32 out_dev)
+					__u32 gen, __u32 entry, __u32 in_dev, __u32 out_dev)
 {
-	__u32 idx = half * BPFIPT_MAX_CHAINS + entry;
+	__u32 idx = (gen & 1) * BPFIPT_MAX_CHAINS + entry;
 	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
 
 	/* --tcp-option needs the options read (TC does). */
@@ -85,7 +85,7 @@ static __always_inline int xdp_classify(struct state *st, const struct bpfipt_co
 	}
 	load_ifnames(&st->p, c->needs, in_dev, out_dev);
 	st->defer = 1;
-	classify(st, half, entry, c);
+	classify(st, gen, entry, c);
 	st->defer = 0;
 	if (st->reject || st->ncounted > BPFIPT_XDP_MAX_COUNTS)
 		return 0;
@@ -172,14 +172,14 @@ static __always_inline int l4_csum_ok(struct xdp_md *ctx, const struct pkt *p)
 }
 
 static __always_inline int xdp_input(struct xdp_md *ctx, struct state *st,
-				     const struct bpfipt_config *cfg, __u32 half)
+				     const struct bpfipt_config *cfg, __u32 gen)
 {
 	__u32 *meta;
 
 	if (st->p.fragoff || st->p.more_frags)
 		/* INPUT sees reassembled datagrams: TC's frag.h follows them. */
 		return xdp_pass();
-	if (!xdp_classify(st, cfg, half, BPFIPT_CHAIN_INPUT, ctx->ingress_ifindex, 0))
+	if (!xdp_classify(st, cfg, gen, BPFIPT_CHAIN_INPUT, ctx->ingress_ifindex, 0))
 		return xdp_pass();
 	if (st->verdict == TC_ACT_SHOT) {
 		xdp_count(st);
@@ -207,7 +207,7 @@ static __always_inline void decrease_ttl(struct iphdr *ip)
 }
 
 static __always_inline int xdp_forward(struct xdp_md *ctx, struct state *st,
-				       const struct bpfipt_config *cfg, __u32 half)
+				       const struct bpfipt_config *cfg, __u32 gen)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -272,7 +272,7 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, struct state *st,
 			return xdp_pass();
 	}
 	st->p.ttl -= 1;
-	if (!xdp_classify(st, cfg, half, BPFIPT_CHAIN_FORWARD, in_dev, fib.ifindex))
+	if (!xdp_classify(st, cfg, gen, BPFIPT_CHAIN_FORWARD, in_dev, fib.ifindex))
 		return xdp_pass();
 	if (st->verdict == TC_ACT_SHOT) {
 		xdp_count(st);
@@ -304,7 +304,7 @@ static __always_inline int hook_xdp(struct xdp_md *ctx)
 {
 	struct bpfipt_config *cfg = get_config();
 	struct state *st = get_state();
-	__u32 half;
+	__u32 gen;
 	int r;
 
 	if (!cfg || !st)
@@ -317,7 +317,7 @@ static __always_inline int hook_xdp(struct xdp_md *ctx)
 	 * without it. */
 	if (*(volatile __u32 *)&cfg->ct_on)
 		return xdp_pass();
-	half = *(volatile __u32 *)&cfg->gen & 1;
+	gen = *(volatile __u32 *)&cfg->gen;
 	if (*(volatile __u32 *)&cfg->ct_on)
 		return xdp_pass();
 	r = xdp_parse(ctx, &st->p);
@@ -326,8 +326,8 @@ static __always_inline int hook_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	st->p.ct = 0;
 	if (local_kind(st->p.daddr))
-		return xdp_input(ctx, st, cfg, half);
-	return xdp_forward(ctx, st, cfg, half);
+		return xdp_input(ctx, st, cfg, gen);
+	return xdp_forward(ctx, st, cfg, gen);
 }
 
 #endif

@@ -1150,3 +1150,43 @@ fn input_sees_exactly_the_local_destinations() {
     }
     assert_eq!(ingress("172.16.9.9"), 0);
 }
+
+/// The programs cache the address trie's answers per generation (classify.h addr_classes).
+/// A write into the half in use (as a fresh dataplane's and these tests' are) must still be
+/// seen by the next packet: here a source class appears for an address whose "no class"
+/// answer is cached.
+#[test]
+fn address_cache_follows_a_write_into_the_active_half() {
+    if !root() {
+        return;
+    }
+    let mut hn = Harness::new();
+    // Nine rules: an indexed chain, not a direct one.
+    let ruleset = |first: &str| {
+        let mut rules = vec![rule().src(first, "255.255.0.0", false).drop()];
+        for i in 0..8 {
+            rules.push(
+                rule()
+                    .src(&format!("172.16.{i}.0"), "255.255.255.0", false)
+                    .drop(),
+            );
+        }
+        in_hook(H::Fwd, rules)
+    };
+    hn.load(&ruleset("10.2.0.0"));
+    let p = u("10.1.2.3", "10.9.0.1");
+    assert_eq!(hn.run(H::Fwd, &p), Accept);
+    let (img, asg) = translator::compile::compile(&ruleset("10.1.0.0"), &hn.asg).unwrap();
+    let changes = img.diff(&hn.img);
+    let active = hn.dp.active_half().unwrap();
+    hn.dp.write(active, &changes).unwrap();
+    hn.dp.write(active ^ 1, &changes).unwrap();
+    hn.img = img;
+    hn.asg = asg;
+    assert_eq!(
+        hn.dp.active_half().unwrap(),
+        active,
+        "the write keeps the half"
+    );
+    assert_eq!(hn.run(H::Fwd, &p), Drop);
+}
