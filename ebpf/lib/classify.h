@@ -20,11 +20,14 @@
 
 #define MAX_STEPS (1 << 22)
 
+/* Adds the list (st->half, field, st->chain, cls, plen), chunk 0, as a head, when it exists:
+ * from the per-CPU cache when it holds it for this generation, else from the lists map. */
 static __always_inline void add_head(struct state *st, __u32 field, __u32 cls, __u32 plen)
 {
 	struct bpfipt_list_key k = {};
 	struct bpfipt_list *l;
-	__u32 h = st->nheads;
+	struct lcache_ent *e;
+	__u32 h = st->nheads, i;
 	struct head *hd;
 
 	if (h >= BPFIPT_MAX_HEADS)
@@ -35,15 +38,27 @@ static __always_inline void add_head(struct state *st, __u32 field, __u32 cls, _
 	k.cls = cls;
 	k.plen = plen;
 	k.chunk = 0;
-	l = bpf_map_lookup_elem(&lists, &k);
-	if (!l || l->n == 0)
+	i = ((cls ^ (plen << 24) ^ (field << 20) ^ st->chain) * 0x9e3779b1u) >> (32 - LCACHE_BITS);
+	e = &st->lcache[i & (LCACHE_N - 1)];
+	if (!e->valid || e->gen != st->gen || ((__u64 *)&e->key)[0] != ((__u64 *)&k)[0] ||
+	    ((__u64 *)&e->key)[1] != ((__u64 *)&k)[1]) {
+		l = bpf_map_lookup_elem(&lists, &k);
+		e->gen = st->gen;
+		e->valid = 1;
+		e->key = k;
+		if (l)
+			e->l = *l;
+		else
+			e->l.n = 0;
+	}
+	if (e->l.n == 0)
 		return;
 	hd = &st->heads[h];
 	hd->key = k;
-	hd->n = l->n;
-	hd->more = l->more;
+	hd->n = e->l.n;
+	hd->more = e->l.more;
 	hd->pos = 0;
-	__builtin_memcpy(hd->e, l->e, sizeof(hd->e));
+	__builtin_memcpy(hd->e, e->l.e, sizeof(hd->e));
 	st->nheads = h + 1;
 }
 

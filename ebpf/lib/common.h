@@ -189,10 +189,22 @@ enum { PHASE_SETUP = 0, PHASE_SCAN = 1 };
 
 /* A per-CPU cache of the addrs trie's answers (classify.h addr_classes). An entry holds for
  * one generation: the daemon writes a half only while it is inactive and flips after (the
- * generation changes), or, writing the active half, bumps the generation by 2 after the
- * writes (dataplane.rs write). */
+ * generation changes), or, writing addresses or lists into the active half, bumps the
+ * generation by 2 after the writes (dataplane.rs write). */
 #define ACACHE_BITS 8
 #define ACACHE_N (1 << ACACHE_BITS)
+
+/* The same for the lists map's first chunks (classify.h add_head): a chain's lists hashed by a
+ * 16-byte key, a jhash and a bucket walk per list of a packet. */
+#define LCACHE_BITS 5
+#define LCACHE_N (1 << LCACHE_BITS)
+
+struct lcache_ent {
+	__u32 gen;
+	__u32 valid;
+	struct bpfipt_list_key key;
+	struct bpfipt_list l;	/* l.n == 0: no such list */
+};
 
 struct acache_ent {
 	__u32 gen;
@@ -223,6 +235,7 @@ struct state {
 	struct frame stack[BPFIPT_MAX_STACK];
 	struct head heads[BPFIPT_MAX_HEADS];
 	struct acache_ent acache[ACACHE_N];
+	struct lcache_ent lcache[LCACHE_N];
 };
 
 struct {

@@ -502,7 +502,9 @@ impl Dataplane {
     /// a new record's slot also gets its counters zeroed.
     pub fn write(&self, half: u8, changes: &[Change]) -> Result<(), Error> {
         let m = &self.maps;
-        let addrs_written = changes.iter().any(|c| matches!(c, Change::Addr(..)));
+        let cached = changes
+            .iter()
+            .any(|c| matches!(c, Change::Addr(..) | Change::List(..)));
         let mut port_keys: Vec<u32> = Vec::new();
         let mut port_vals: Vec<u32> = Vec::new();
         for c in changes {
@@ -559,10 +561,11 @@ impl Dataplane {
             sys::array_update_batch(&m.ports, &port_keys, &port_vals)
                 .map_err(sys_err("update ports"))?;
         }
-        if addrs_written && self.active_half()? == half {
-            // The programs cache the addrs trie's answers per generation (classify.h
-            // addr_classes); a write into the half in use (a fresh dataplane's, tests) is
-            // seen once the generation moves on, by 2 to keep the half.
+        if cached && self.active_half()? == half {
+            // The programs cache the addrs trie's answers and the lists' first chunks per
+            // generation (classify.h addr_classes, add_head); a write into the half in use (a
+            // fresh dataplane's, tests) is seen once the generation moves on, by 2 to keep
+            // the half.
             self.edit_config(|c| c.gen = c.gen.wrapping_add(2))?;
         }
         Ok(())

@@ -1151,19 +1151,20 @@ fn input_sees_exactly_the_local_destinations() {
     assert_eq!(ingress("172.16.9.9"), 0);
 }
 
-/// The programs cache the address trie's answers per generation (classify.h addr_classes).
-/// A write into the half in use (as a fresh dataplane's and these tests' are) must still be
-/// seen by the next packet: here a source class appears for an address whose "no class"
-/// answer is cached.
+/// The programs cache the address trie's answers and the lists' first chunks per generation
+/// (classify.h addr_classes, add_head). A write into the half in use (as a fresh dataplane's
+/// and these tests' are) must still be seen by the next packet: first a source class appears
+/// for an address whose "no class" answer is cached, then the class's list changes (its rule
+/// gets a new slot; the old record, still in the rules map, would drop the packet).
 #[test]
-fn address_cache_follows_a_write_into_the_active_half() {
+fn caches_follow_a_write_into_the_active_half() {
     if !root() {
         return;
     }
     let mut hn = Harness::new();
     // Nine rules: an indexed chain, not a direct one.
-    let ruleset = |first: &str| {
-        let mut rules = vec![rule().src(first, "255.255.0.0", false).drop()];
+    let ruleset = |first: R| {
+        let mut rules = vec![first];
         for i in 0..8 {
             rules.push(
                 rule()
@@ -1173,20 +1174,38 @@ fn address_cache_follows_a_write_into_the_active_half() {
         }
         in_hook(H::Fwd, rules)
     };
-    hn.load(&ruleset("10.2.0.0"));
+    let write_both = |hn: &mut Harness, rs: &translator::ir::Ruleset| {
+        let (img, asg) = translator::compile::compile(rs, &hn.asg).unwrap();
+        let changes = img.diff(&hn.img);
+        let active = hn.dp.active_half().unwrap();
+        hn.dp.write(active, &changes).unwrap();
+        hn.dp.write(active ^ 1, &changes).unwrap();
+        hn.img = img;
+        hn.asg = asg;
+        assert_eq!(
+            hn.dp.active_half().unwrap(),
+            active,
+            "the write keeps the half"
+        );
+    };
+    hn.load(&ruleset(
+        rule().src("10.2.0.0", "255.255.0.0", false).drop(),
+    ));
     let p = u("10.1.2.3", "10.9.0.1");
     assert_eq!(hn.run(H::Fwd, &p), Accept);
-    let (img, asg) = translator::compile::compile(&ruleset("10.1.0.0"), &hn.asg).unwrap();
-    let changes = img.diff(&hn.img);
-    let active = hn.dp.active_half().unwrap();
-    hn.dp.write(active, &changes).unwrap();
-    hn.dp.write(active ^ 1, &changes).unwrap();
-    hn.img = img;
-    hn.asg = asg;
-    assert_eq!(
-        hn.dp.active_half().unwrap(),
-        active,
-        "the write keeps the half"
+    write_both(
+        &mut hn,
+        &ruleset(rule().src("10.1.0.0", "255.255.0.0", false).drop()),
     );
     assert_eq!(hn.run(H::Fwd, &p), Drop);
+    write_both(
+        &mut hn,
+        &ruleset(
+            rule()
+                .src("10.1.0.0", "255.255.0.0", false)
+                .proto(6, false)
+                .drop(),
+        ),
+    );
+    assert_eq!(hn.run(H::Fwd, &p), Accept);
 }
