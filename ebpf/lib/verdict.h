@@ -32,7 +32,8 @@ static __always_inline int run_hook(struct __sk_buff *skb, struct state *st,
 				    const struct bpfipt_config *cfg, __u32 entry, __u32 in_dev,
 				    __u32 out_dev, __u32 reply_dev)
 {
-	/* Read once: the half and the address cache's tag (classify.h) must agree. */
+	/* Read once: the half and the generation that tags the lookup caches (classify.h) must
+	 * agree. */
 	__u32 gen = *(volatile const __u32 *)&cfg->gen;
 	__u32 idx = (gen & 1) * BPFIPT_MAX_CHAINS + entry;
 	struct bpfipt_chain *c = bpf_map_lookup_elem(&chains, &idx);
