@@ -629,19 +629,31 @@ impl Table {
     /// entries it may drop early (`gc_worker_can_early_drop`), in the order of the walk, until
     /// it holds less; how many it removed.
     pub fn gc(&self) -> Result<usize, CtError> {
+        self.gc_pass().map(|p| p.removed)
+    }
+
+    /// [`Table::gc`], and when the next pass is due (`GcPass::next`).
+    pub fn gc_pass(&self) -> Result<GcPass, CtError> {
         let now = now_ns();
         let max95 = u64::from(self.config()?.max) / 100 * 95;
         let flows = self.flows()?;
         let mut count = flows.len() as u64;
+        let mut next = GcInterval::default();
         for x in &flows {
             let drop = x.expires_ns <= now || (max95 > 0 && count >= max95 && x.can_early_drop());
             if drop && sys::map_delete(&self.ct, &x.key)? {
                 count -= 1;
+            } else {
+                next.add(x.expires_ns.saturating_sub(now));
             }
         }
         // What the walk saw, less what it removed: no second walk of the table.
         self.set_count(count)?;
-        Ok(flows.len() - count as usize)
+        Ok(GcPass {
+            removed: flows.len() - count as usize,
+            next: next.interval(),
+            full: max95 > 0 && count >= max95,
+        })
     }
 
     fn set_count(&self, n: u64) -> Result<(), CtError> {
@@ -832,15 +844,73 @@ pub fn cli(args: &[&str]) -> i32 {
     }
 }
 
-/// The daemon's garbage collection (the kernel's gc_worker): expired entries are removed
-/// every `period`, so the table's memory follows the live connections.
-pub fn gc_loop(period: std::time::Duration, stop: &std::sync::atomic::AtomicBool) {
+/// What one garbage collection pass did.
+pub struct GcPass {
+    pub removed: usize,
+    /// When the next pass is due, as the kernel's gc worker schedules itself.
+    pub next: std::time::Duration,
+    /// The table still holds at least 95 % of `max`.
+    pub full: bool,
+}
+
+/// The kernel's gc worker's next run (gc_worker in nf_conntrack_core.c): the running average
+/// of the time the live entries have left, each clamped to 1-300 s (GC_SCAN_INTERVAL_MIN,
+/// _CLAMP), then to 1-60 s (GC_SCAN_INTERVAL_MAX), 60 s for an empty table. A pass here reads
+/// the whole table into user space, so it runs every 5 s at the most (GC_MIN_PERIOD).
+#[derive(Default)]
+pub struct GcInterval {
+    sum_s: u64,
+    n: u64,
+}
+
+const GC_MIN_PERIOD_S: u64 = 5;
+const GC_MAX_PERIOD_S: u64 = 60;
+
+impl GcInterval {
+    /// One live entry with `left_ns` to live.
+    pub fn add(&mut self, left_ns: u64) {
+        self.sum_s += (left_ns / 1_000_000_000).clamp(1, 300);
+        self.n += 1;
+    }
+
+    pub fn interval(&self) -> std::time::Duration {
+        let avg = self.sum_s.checked_div(self.n).unwrap_or(GC_MAX_PERIOD_S);
+        std::time::Duration::from_secs(avg.clamp(GC_MIN_PERIOD_S, GC_MAX_PERIOD_S))
+    }
+}
+
+/// The daemon's garbage collection (the kernel's gc_worker): expired entries are removed at
+/// the interval the kernel's worker would choose (GcInterval), and every 5 s while the table
+/// is at 95 % of its maximum, so that its memory follows the live connections. The table's
+/// count is looked at every second: a table that reaches 95 % is collected within 1 s.
+pub fn gc_loop(stop: &std::sync::atomic::AtomicBool) {
+    let tick = std::time::Duration::from_secs(1);
+    let mut due = std::time::Instant::now() + std::time::Duration::from_secs(GC_MIN_PERIOD_S);
+    let mut full = false;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        std::thread::sleep(period);
-        if let Ok(t) = Table::attached() {
-            if t.config().is_ok_and(|c| c.enabled) {
-                let _ = t.gc();
-            }
+        std::thread::sleep(tick);
+        let Ok(t) = Table::attached() else { continue };
+        let Ok(c) = t.config() else { continue };
+        if !c.enabled {
+            continue;
+        }
+        let now = std::time::Instant::now();
+        let near_full = t
+            .count()
+            .is_ok_and(|n| c.max > 0 && n >= u64::from(c.max) / 100 * 95);
+        // Due, or newly at 95 % since the last pass.
+        let newly_full = near_full && !full;
+        if now < due && !newly_full {
+            continue;
+        }
+        if let Ok(p) = t.gc_pass() {
+            full = p.full;
+            let next = if full {
+                std::time::Duration::from_secs(GC_MIN_PERIOD_S)
+            } else {
+                p.next
+            };
+            due = std::time::Instant::now() + next;
         }
     }
 }
@@ -848,6 +918,32 @@ pub fn gc_loop(period: std::time::Duration, stop: &std::sync::atomic::AtomicBool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's clamps (nf_conntrack_core.c: GC_SCAN_INTERVAL_MIN 1 s, _CLAMP 300 s,
+    /// _MAX 60 s) under this collection's floor of 5 s.
+    #[test]
+    fn gc_interval_follows_the_kernels_average_of_time_left() {
+        let s = |x: u64| x * 1_000_000_000;
+        let of = |lefts: &[u64]| {
+            let mut g = GcInterval::default();
+            for l in lefts {
+                g.add(*l);
+            }
+            g.interval().as_secs()
+        };
+        assert_eq!(of(&[]), 60, "an empty table: the longest interval");
+        assert_eq!(of(&[s(10), s(30)]), 20, "the average");
+        assert_eq!(of(&[s(120); 3]), 60, "at most 60 s");
+        assert_eq!(
+            of(&[s(1), s(2)]),
+            5,
+            "at least 5 s here (1 s in the kernel)"
+        );
+        // Each entry counts at most 300 s: 5 days of an established connection do not hide
+        // the closing ones.
+        assert_eq!(of(&[s(432_000), s(10), s(10)]), 60);
+        assert_eq!(of(&[s(432_000), s(0), s(0), s(0), s(0), s(0)]), 50);
+    }
 
     #[test]
     fn tcp_state_constants_name_their_states() {

@@ -122,9 +122,7 @@ impl Daemon {
         self.clone().watch_links();
         {
             let me = self.clone();
-            std::thread::spawn(move || {
-                crate::conntrack::gc_loop(std::time::Duration::from_secs(5), &me.stop)
-            });
+            std::thread::spawn(move || crate::conntrack::gc_loop(&me.stop));
         }
         for conn in listener.incoming() {
             if self.stop.load(Ordering::SeqCst) {
