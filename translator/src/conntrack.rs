@@ -262,6 +262,14 @@ impl Default for CtConfig {
 pub const CONFIG_SIZE: usize = 16 + 4 * NTIMEOUTS + 16;
 
 impl CtConfig {
+    /// Whether a table of `count` entries holds at least 95 % of `max`
+    /// (`nf_conntrack_max95 = nf_conntrack_max / 100 * 95`; never for a max below 100, whose
+    /// max95 is 0), where the gc worker starts dropping entries early.
+    pub fn at_max95(&self, count: u64) -> bool {
+        let max95 = u64::from(self.max) / 100 * 95;
+        max95 > 0 && count >= max95
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(CONFIG_SIZE);
         b.extend_from_slice(&(self.enabled as u32).to_ne_bytes());
@@ -635,12 +643,12 @@ impl Table {
     /// [`Table::gc`], and when the next pass is due (`GcPass::next`).
     pub fn gc_pass(&self) -> Result<GcPass, CtError> {
         let now = now_ns();
-        let max95 = u64::from(self.config()?.max) / 100 * 95;
+        let cfg = self.config()?;
         let flows = self.flows()?;
         let mut count = flows.len() as u64;
         let mut next = GcInterval::default();
         for x in &flows {
-            let drop = x.expires_ns <= now || (max95 > 0 && count >= max95 && x.can_early_drop());
+            let drop = x.expires_ns <= now || (cfg.at_max95(count) && x.can_early_drop());
             if drop && sys::map_delete(&self.ct, &x.key)? {
                 count -= 1;
             } else {
@@ -652,7 +660,7 @@ impl Table {
         Ok(GcPass {
             removed: flows.len() - count as usize,
             next: next.interval(),
-            full: max95 > 0 && count >= max95,
+            full: cfg.at_max95(count),
         })
     }
 
@@ -895,9 +903,7 @@ pub fn gc_loop(stop: &std::sync::atomic::AtomicBool) {
             continue;
         }
         let now = std::time::Instant::now();
-        let near_full = t
-            .count()
-            .is_ok_and(|n| c.max > 0 && n >= u64::from(c.max) / 100 * 95);
+        let near_full = t.count().is_ok_and(|n| c.at_max95(n));
         // Due, or newly at 95 % since the last pass.
         let newly_full = near_full && !full;
         if now < due && !newly_full {
@@ -943,6 +949,28 @@ mod tests {
         // the closing ones.
         assert_eq!(of(&[s(432_000), s(10), s(10)]), 60);
         assert_eq!(of(&[s(432_000), s(0), s(0), s(0), s(0), s(0)]), 50);
+    }
+
+    /// nf_conntrack_max95 = max / 100 * 95 (nf_conntrack_core.c), and 0 turns early drop off.
+    #[test]
+    fn max95_is_the_kernels_and_off_below_100() {
+        let at = |max: u32, count: u64| {
+            CtConfig {
+                max,
+                ..Default::default()
+            }
+            .at_max95(count)
+        };
+        assert!(
+            !at(99, 0) && !at(99, 1_000_000),
+            "max 99: max95 is 0, never"
+        );
+        assert!(!at(100, 94) && at(100, 95));
+        assert!(!at(1000, 949) && at(1000, 950));
+        assert!(
+            !at(1099, 949) && at(1099, 950),
+            "rounded down to a hundred first"
+        );
     }
 
     #[test]
