@@ -393,13 +393,24 @@ __noinline int ct_tcp_read(struct __sk_buff *skb, __u32 off, __u32 l4len, struct
 {
 	__u8 h[20];
 	struct tcp_optwalk w;
+	const __u8 *d, *end;
 	__u32 doff, olen;
 
 	if (!skb || !t)
 		return 0;
 	t->ok = 0;
 	off &= 0xffff;
-	if (l4len < 20 || bpf_skb_load_bytes(skb, off, h, 20) < 0)
+	if (l4len < 20)
+		return 0;
+	/* The header from the linear data when it is there (nearly always: a helper call
+	 * less per tracked segment), else copied out of the fragments. */
+	/* (Callers pass the Ethernet and IP headers' length, below 256: the verifier needs
+	 * a bound that small to check d against the packet's end.) */
+	d = (const __u8 *)(long)skb->data + (off & 0xff);
+	end = (const __u8 *)(long)skb->data_end;
+	if (off < 256 && d + 20 <= end)
+		__builtin_memcpy(h, d, 20);
+	else if (bpf_skb_load_bytes(skb, off, h, 20) < 0)
 		return 0;
 	doff = (h[12] >> 4) * 4;
 	if (doff < 20 || l4len < doff)
@@ -411,7 +422,13 @@ __noinline int ct_tcp_read(struct __sk_buff *skb, __u32 off, __u32 l4len, struct
 	t->win = ((__u16)h[14] << 8) | h[15];
 	t->end = t->seq + (l4len - doff) + !!(t->flags & TH_SYN) + !!(t->flags & TH_FIN);
 	t->has_ws = t->ws = t->sack_perm = t->has_opts = 0;
-	if (doff > 20) {
+	if (doff == 32 && off < 256 && d + 24 <= end && d[20] == 1 && d[21] == 1 && d[22] == 8 &&
+	    d[23] == 10) {
+		/* Timestamps alone (NOP, NOP, TS), which nearly every segment of a Linux peer
+		 * carries, hold nothing the walk looks for: skipped, as tcp_sack's own fast path
+		 * does, without copying them out. */
+		t->has_opts = 1;
+	} else if (doff > 20) {
 		olen = doff - 20;
 		/* Kept as computed: clang would fold both bounds into one unsigned compare,
 		 * which leaves the verifier without the lower one. */
@@ -420,9 +437,7 @@ __noinline int ct_tcp_read(struct __sk_buff *skb, __u32 off, __u32 l4len, struct
 		if (olen >= 1 && olen <= 40 && bpf_skb_load_bytes(skb, off + 20, w.b, olen) == 0) {
 			w.len = olen;
 			w.sack = t->sack;
-			/* Timestamps alone (NOP, NOP, TS), which nearly every segment of a Linux
-			 * peer carries, hold nothing the walk looks for: skip it, as tcp_sack's own
-			 * fast path does. */
+			/* Timestamps alone in fragments: as above. */
 			if (olen != 12 || w.b[0] != 1 || w.b[1] != 1 || w.b[2] != 8 || w.b[3] != 10)
 				bpf_loop(40, tcp_opt_step, &w, 0);
 			t->has_opts = 1;
@@ -991,16 +1006,21 @@ __noinline int ct_csum_bad(struct __sk_buff *skb, const struct pkt *p)
 		return 0;
 	if (bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) >= 0)
 		return 0;
-	w.buf = bpf_map_lookup_elem(&ct_csum_scratch, &zero);
-	if (!w.buf)
-		return 0;
 	l4off = ETH_HLEN + (p->ihl & 0x3c);
 	w.skb = skb;
 	w.off = l4off;
 	w.end = l4off + p->l4len;
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
-		if (bpf_skb_load_bytes(skb, l4off + (p->proto == IPPROTO_TCP ? 16 : 6), f, 2) < 0)
+		__u32 at = (l4off + (p->proto == IPPROTO_TCP ? 16 : 6)) & 0xff;
+		const __u8 *d = (const __u8 *)(long)skb->data + at;
+
+		/* From the linear data when it is there: a helper call less per segment. */
+		if (d + 2 <= (const __u8 *)(long)skb->data_end) {
+			f[0] = d[0];
+			f[1] = d[1];
+		} else if (bpf_skb_load_bytes(skb, at, f, 2) < 0) {
 			return 0;
+		}
 		field = ((__u16)f[0] << 8) | f[1];
 		if (p->proto == IPPROTO_UDP && field == 0)
 			return 0;	/* no checksum */
@@ -1012,6 +1032,10 @@ __noinline int ct_csum_bad(struct __sk_buff *skb, const struct pkt *p)
 	} else if (p->proto != IPPROTO_ICMP) {
 		return 0;
 	}
+	/* Only a sum that must be computed needs the buffer. */
+	w.buf = bpf_map_lookup_elem(&ct_csum_scratch, &zero);
+	if (!w.buf)
+		return 0;
 	bpf_loop(65536 / CT_CSUM_CHUNK + 1, ct_csum_step, &w, 0);
 	if (w.sum < 0 || w.off != w.end)
 		return 0;
