@@ -41,23 +41,18 @@ for b in "${BACKENDS[@]}"; do
     live+=("$b")
 done
 
-# fwd_busy: the forwarding CPU's busy time so far, in USER_HZ ticks (/proc/stat: user, nice,
-# system, irq, softirq; not idle, iowait, nor steal, the hypervisor's).
-fwd_busy() { awk -v c="cpu$FWD_CPU" '$1 == c { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
-
 # blast B SECONDS DPORT [udpblast options]: sends; prints "packets seconds busy" received on
 # dst, with busy the forwarding CPU's ticks meanwhile.
 blast() {
     local b="$1" secs="$2" dport="$3"; shift 3
     local a z out c0 c1
     a=$(rx_packets "${DST_OF[$b]}" s0)
-    c0=$(fwd_busy)
+    c0=$(cpu_busy "$FWD_CPU")
     out=$(in_ns "${SRC_OF[$b]}" taskset -c "$SEND_CPU" "$BIN/udpblast" --dev c0 \
         --src-mac "${C0MAC_OF[$b]}" --dst-mac "${F0MAC_OF[$b]}" --src 192.0.2.1 \
         --dst 198.51.100.1 --dport "$dport" --sports 1024-9215 --seconds "$secs" "$@") || return 1
     sleep 0.05 # the last frames leave fw's backlog
-    c1=$(fwd_busy)
+    c1=$(cpu_busy "$FWD_CPU")
     z=$(rx_packets "${DST_OF[$b]}" s0)
     echo "$((z - a)) $(awk '{print $4}' <<< "$out") $((c1 - c0))"
 }

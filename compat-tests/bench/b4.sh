@@ -7,6 +7,10 @@
 # `tcpconn rate` in src opens connections to `tcpconn serve` in dst (connect, the server's one
 # byte and FIN, close) from 4 threads and 16 source addresses for --seconds: the figure is
 # completed connections per second. fw's conntrack table is flushed before each round.
+# CPU per connection: the busy time (/proc/stat) of the forwarding CPU (fw's forwarding, and
+# the receive side of client and server, which runs where fw transmits) and of all CPUs (the
+# client and server threads run on the other) over a round, per completed connection: what a
+# connection costs, where conn/s also counts the time both CPUs wait for each other.
 # Memory: `tcpconn hold` keeps --hold connections open; the figure is the growth of the
 # kernel's nf_conntrack slab (objects x object size, /proc/slabinfo) per entry that fw's
 # table gained (`conntrack -C`); the fixed hash table and per-entry extensions (allocated
@@ -18,10 +22,12 @@
 # The row `bpfipt ct elem` is the same element rounded to its kmalloc size class, what the
 # slab really gives it. A bpfipt that hands the table to the kernel is labelled
 # `bpfipt(kernel fallback)` and measured by the kernel's slab.
-# --profile: every rate round also runs `perf record -a -g -e cpu-clock`, and the table gets fw's
-# firewall CPU time per completed connection: the time under netfilter's hooks (nf_hook_slow,
-# with conntrack and every table below it) for legacy and nft, under bpfipt's programs (with
-# its conntrack and classification) for bpfipt. It resolves what conn/s cannot: the firewall
+# --profile: every rate round also runs `perf record -g -e cpu-clock` on the forwarding CPU
+# (where RPS puts all of fw's work), and the table gets fw's firewall CPU time per completed
+# connection: the share of that CPU's samples under netfilter's hooks (nf_hook_slow, with
+# conntrack and every table below it) for legacy and nft, under bpfipt's programs (with its
+# conntrack and classification) for bpfipt, times that CPU's busy time (/proc/stat), per
+# connection. It resolves what conn/s cannot: the firewall
 # is a few percent of the CPU that the client and server stacks take on the same CPUs. Removing
 # entries is in neither (tables are flushed between rounds). Sampling slows that run's conn/s
 # alike for every backend; hooks and programs of other namespaces count too, so profile on an
@@ -86,34 +92,33 @@ server() {
 }
 
 # rate B SECONDS [PORT [PERF_FILE]]: prints "conns fails seconds"; with PERF_FILE, under a
-# system-wide perf record written there (in_ns written out: perf runs a program, not a
+# perf record of the forwarding CPU written there (in_ns written out: perf runs a program, not a
 # shell function).
 rate() {
     local pre=()
-    [ -n "${4:-}" ] && pre=(perf record -q -a -g -e cpu-clock -F 997 -o "$4" --)
+    [ -n "${4:-}" ] && pre=(perf record -q -C "$FWD_CPU" -g -e cpu-clock -F 4999 -o "$4" --)
     "${pre[@]}" nsenter --net="/run/netns/${SRC_OF[$1]}" taskset -c "$SEND_CPU" "$BIN/tcpconn" \
         rate --dst 198.51.100.1 --port "${3:-80}" --src 192.0.2.1 --srcs 16 --threads 4 \
         --seconds "$2" | awk '{print $2, $4, $6}'
 }
 
-# fw_us_per_conn PERF_FILE CONNS: microseconds of CPU under the firewall's entry points (their
-# "children" share of the sampled cpu-clock time, whose periods are nanoseconds) per connection.
-fw_us_per_conn() {
+# fw_share PERF_FILE: the share of the sampled CPU time spent under the firewall's entry points
+# (their "children" share). cpu-clock samples only busy time, and fewer than asked when the
+# kernel lowers perf's sample rate, so the share is scaled by the busy time of /proc/stat.
+fw_share() {
     perf report -i "$1" --children --sort sym -g none --stdio 2>/dev/null | "$PY" -c '
 import re, sys
-conns, total, share = float(sys.argv[1]), None, 0.0
+share, seen = 0.0, False
 for line in sys.stdin:
-    m = re.match(r"# Event count \(approx\.\): (\d+)", line)
-    if m:
-        total = int(m.group(1))
-        continue
+    if line.startswith("# Samples:"):
+        seen = True
     m = re.match(r"\s*([\d.]+)%\s+[\d.]+%\s+\[k\] (\S+)\s*$", line)
     if m and re.fullmatch(r"nf_hook_slow|bpf_prog_[0-9a-f]+_bpfipt_\w+", m.group(2)):
         share += float(m.group(1)) / 100
-if total is None or conns <= 0:
+if not seen:
     sys.exit(1)
-print(share * total / 1e3 / conns)
-' "$2"
+print(share)
+'
 }
 
 # flush_ct B: empties fw's table: the kernel's, and bpfipt's own when it tracks in eBPF.
@@ -190,12 +195,19 @@ for r in $(seq 1 "$ROUNDS"); do
         flush_ct "$b"
         pf=""
         [ "$PROFILE" = 1 ] && [ "$b" != none ] && pf="$WORK/perf.$b.$r"
+        f0=$(cpu_busy "$FWD_CPU") a0=$(cpu_busy)
         read -r ok fails secs < <(rate "$b" "$DURATION" 80 "$pf")
-        [ -n "${ok:-}" ] || continue
+        f1=$(cpu_busy "$FWD_CPU") a1=$(cpu_busy)
+        [ -n "${ok:-}" ] && [ "$ok" -gt 0 ] || continue
         sample "new conn/s" "${LABEL[$b]}" 2 "$("$PY" -c "print($ok / $secs)")"
+        sample "us of fw's CPU per conn" "${LABEL[$b]}" 2 \
+            "$("$PY" -c "print(($f1 - $f0) * $TICK_NS / 1e3 / $ok)")"
+        sample "us of all CPUs per conn" "${LABEL[$b]}" 2 \
+            "$("$PY" -c "print(($a1 - $a0) * $TICK_NS / 1e3 / $ok)")"
         if [ -n "$pf" ]; then
-            if us=$(fw_us_per_conn "$pf" "$ok"); then
-                sample "fw firewall us/conn" "${LABEL[$b]}" 2 "$us"
+            if share=$(fw_share "$pf"); then
+                sample "fw firewall us/conn" "${LABEL[$b]}" 2 \
+                    "$("$PY" -c "print($share * ($f1 - $f0) * $TICK_NS / 1e3 / $ok)")"
             else
                 note "${LABEL[$b]} round $r: no profile ($pf)"
             fi

@@ -108,6 +108,11 @@ progress() {
 sample() { printf '%s\t%s\t%s\t%s\n' "$@" >> "$SAMPLES"; }
 note() { echo "$*" >> "$NOTES"; }
 
+# cpu_busy [N]: CPU N's busy time so far (all CPUs' without N), in USER_HZ ticks (/proc/stat:
+# user, nice, system, irq, softirq; not idle, iowait, nor steal, the hypervisor's).
+cpu_busy() { awk -v c="cpu${1:-}" '$1 == c { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
+
 # in_ns NS CMD...: CMD in NS's network namespace only (setns, no /sys remount: cheap).
 in_ns() {
     local ns="$1"; shift
