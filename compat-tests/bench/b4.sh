@@ -35,7 +35,7 @@
 #   compat-tests/bench/b4.sh [--backends none,legacy,nft,bpfipt] [--rounds 5] [--seconds 3]
 #                            [--hold 15000] [--profile] [--quick] [--json F] [--plot F.png]
 set -uo pipefail
-BENCH=b4 TITLE="B4: connections through conntrack rules (conn/s: higher is better; bytes: lower)"
+BENCH=b4 TITLE="B4: connections through conntrack rules (conn/s: higher is better; us and bytes: lower)"
 SMOKE_RULES=2 DEFAULT_RULES=2 DEFAULT_BACKENDS=none,legacy,nft,bpfipt DEFAULT_DURATION=3
 HOLD=15000 PROFILE=0
 extra_opt() {

@@ -403,9 +403,9 @@ __noinline int ct_tcp_read(struct __sk_buff *skb, __u32 off, __u32 l4len, struct
 	if (l4len < 20)
 		return 0;
 	/* The header from the linear data when it is there (nearly always: a helper call
-	 * less per tracked segment), else copied out of the fragments. */
-	/* (Callers pass the Ethernet and IP headers' length, below 256: the verifier needs
-	 * a bound that small to check d against the packet's end.) */
+	 * less per tracked segment), else copied out of the fragments. Callers pass the
+	 * Ethernet and IP headers' length, below 256: the verifier needs a bound that small
+	 * (with 0xffff, d + 20 could pass its 64 KiB limit) to check d against the end. */
 	d = (const __u8 *)(long)skb->data + (off & 0xff);
 	end = (const __u8 *)(long)skb->data_end;
 	if (off < 256 && d + 20 <= end)
