@@ -387,6 +387,14 @@ static long tcp_opt_step(__u32 n, void *ctx)
 	return 0;
 }
 
+/* Whether 12 option bytes from `o` are timestamps alone (NOP, NOP, TS), which nearly every
+ * segment of a Linux peer carries and which hold nothing the option walk looks for: it is
+ * skipped, as tcp_sack's own fast path does. */
+static __always_inline int tcp_opts_ts_alone(const __u8 *o)
+{
+	return o[0] == 1 && o[1] == 1 && o[2] == 8 && o[3] == 10;
+}
+
 /* The TCP header at `off` of a segment of `l4len` bytes. A global function: its own
  * stack frame (the options walk) is not added to ct_begin's. */
 __noinline int ct_tcp_read(struct __sk_buff *skb, __u32 off, __u32 l4len, struct tcp_seg *t)
@@ -422,11 +430,8 @@ __noinline int ct_tcp_read(struct __sk_buff *skb, __u32 off, __u32 l4len, struct
 	t->win = ((__u16)h[14] << 8) | h[15];
 	t->end = t->seq + (l4len - doff) + !!(t->flags & TH_SYN) + !!(t->flags & TH_FIN);
 	t->has_ws = t->ws = t->sack_perm = t->has_opts = 0;
-	if (doff == 32 && off < 256 && d + 24 <= end && d[20] == 1 && d[21] == 1 && d[22] == 8 &&
-	    d[23] == 10) {
-		/* Timestamps alone (NOP, NOP, TS), which nearly every segment of a Linux peer
-		 * carries, hold nothing the walk looks for: skipped, as tcp_sack's own fast path
-		 * does, without copying them out. */
+	if (doff == 32 && off < 256 && d + 24 <= end && tcp_opts_ts_alone(d + 20)) {
+		/* Read in place, not copied out. */
 		t->has_opts = 1;
 	} else if (doff > 20) {
 		olen = doff - 20;
@@ -437,8 +442,7 @@ __noinline int ct_tcp_read(struct __sk_buff *skb, __u32 off, __u32 l4len, struct
 		if (olen >= 1 && olen <= 40 && bpf_skb_load_bytes(skb, off + 20, w.b, olen) == 0) {
 			w.len = olen;
 			w.sack = t->sack;
-			/* Timestamps alone in fragments: as above. */
-			if (olen != 12 || w.b[0] != 1 || w.b[1] != 1 || w.b[2] != 8 || w.b[3] != 10)
+			if (olen != 12 || !tcp_opts_ts_alone(w.b))
 				bpf_loop(40, tcp_opt_step, &w, 0);
 			t->has_opts = 1;
 			t->sack = w.sack;
